@@ -1,0 +1,77 @@
+"""`detlab <command> [hydra overrides]`: the one command-line entry point.
+
+Commands are thin: they compose the config (errors name the key) and hand typed
+sub-configs to the code that does the work. Heavy imports happen inside each command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from detlab.platform.compose import ConfigError, compose
+
+COMMANDS = {
+    "pretrain": "pretrain a registered method (local or SLURM, per cluster=...)",
+    "eval": "evaluate a checkpoint or MLflow run with eval=<knn|linear|seg|det>",
+    "export": "write a torchvision-compatible backbone state_dict from checkpoint=<path>",
+    "sweep": "create/resume an Optuna sweep (sweep=<name>); `sweep status` reports it",
+    "jobs": "list detlab's SLURM jobs with state, MLflow run and log path",
+    "config": "print the composed config for the given overrides",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="detlab",
+        description="Object-level self-supervised pretraining sweeps.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(f"  {k:<9} {v}" for k, v in COMMANDS.items()),
+    )
+    p.add_argument("command", choices=sorted(COMMANDS), metavar="command")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. method=detcon_b")
+    p.add_argument("--wait", action="store_true", help="follow a submitted job or sweep")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, extra = _parser().parse_known_args(argv)
+    overrides = [*args.overrides, *extra]
+    sub = None
+    if args.command in ("sweep",) and overrides and overrides[0] in ("status", "run", "worker"):
+        sub, overrides = overrides[0], overrides[1:]
+    try:
+        cfg = compose(overrides)
+    except ConfigError as exc:
+        print(f"detlab {args.command}: config error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "config":
+        from detlab.platform.compose import to_yaml
+
+        print(to_yaml(cfg))
+        return 0
+    if args.command == "pretrain":
+        from detlab.platform.launch import pretrain_command
+
+        return pretrain_command(cfg, wait=args.wait)
+    if args.command == "export":
+        from detlab.platform.checkpoint import export_command
+
+        return export_command(cfg)
+    if args.command == "eval":
+        from detlab.platform.evaluate import eval_command
+
+        return eval_command(cfg)
+    if args.command == "jobs":
+        from detlab.platform.launch import jobs_command
+
+        return jobs_command(cfg)
+    if args.command == "sweep":
+        from detlab.sweeps.driver import sweep_command
+
+        return sweep_command(cfg, sub=sub or "run", wait=args.wait)
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

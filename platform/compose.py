@@ -1,0 +1,94 @@
+"""Compose the Hydra config tree in ``sweeps/conf`` with overrides, with clear errors.
+
+Used by the CLI, DVC stages, sweep workers and tests alike, so that every entry point
+validates overrides the same way: an unknown key or group option is a ``ConfigError`` that
+names the key and lists the valid choices, raised before any compute is spent.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from pathlib import Path
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from detlab.platform.config import Config, register_configs
+
+
+class ConfigError(ValueError):
+    """A config key, value or group option that does not exist or does not fit."""
+
+
+def conf_dir() -> Path:
+    spec = importlib.util.find_spec("detlab.sweeps")
+    assert spec is not None and spec.submodule_search_locations
+    return Path(list(spec.submodule_search_locations)[0]) / "conf"
+
+
+def group_options(group: str) -> list[str]:
+    """The YAML options of a config group, e.g. ``group_options("method")``."""
+    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+
+
+def _explain(overrides: Sequence[str], exc: Exception) -> str:
+    """Turn a Hydra/OmegaConf failure into a message naming the key and the choices."""
+    schema = OmegaConf.structured(Config)
+    for ov in OverridesParser.create().parse_overrides(list(overrides)):
+        key = ov.key_or_group
+        if ov.is_add() or ov.is_delete():
+            continue
+        parts = key.split(".")
+        if len(parts) == 1 and (conf_dir() / key).is_dir():
+            continue  # a group choice: Hydra already lists the available options
+        node = schema
+        for i, part in enumerate(parts):
+            if not isinstance(node, DictConfig) or part not in node:
+                where = ".".join(parts[:i]) or "<root>"
+                valid = sorted(node.keys()) if isinstance(node, DictConfig) else []
+                return (
+                    f"unknown config key '{key}': '{part}' is not a key of {where}. "
+                    f"Valid keys of {where}: {', '.join(map(str, valid))}"
+                )
+            node = node[part] if OmegaConf.is_dict(node) else None
+    return str(exc).strip()
+
+
+def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:
+    """Compose ``sweeps/conf/<config_name>.yaml`` with ``overrides`` (Hydra syntax)."""
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+            cfg = hydra_compose(config_name, overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(_explain(overrides, exc)) from None
+    finally:
+        GlobalHydra.instance().clear()
+    return cfg
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def flatten(cfg: DictConfig, prefix: str = "") -> dict[str, object]:
+    """``{"method.temperature": 0.1, ...}`` for MLflow params and sweep validation."""
+    out: dict[str, object] = {}
+    container = OmegaConf.to_container(cfg, resolve=True)
+
+    def walk(node: object, path: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{path}.{k}" if path else str(k))
+        else:
+            out[path] = node
+
+    walk(container, prefix)
+    return out

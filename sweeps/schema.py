@@ -1,0 +1,37 @@
+"""Schema of a sweep definition (config group ``sweep/``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class ParamSpec:
+    """One searched parameter: ``path`` is a dotted config key, e.g. ``method.temperature``."""
+
+    path: str = "???"
+    type: str = "float"  # float | int | categorical
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: list[Any] | None = None
+
+
+@dataclass
+class SweepConfig:
+    name: str = "???"
+    base_overrides: list[str] = field(default_factory=list)
+    params: dict[str, ParamSpec] = field(default_factory=dict)
+    objective: str = "knn_top1"
+    direction: str = "maximize"
+    sampler: str = "tpe"  # tpe | random | grid | cmaes
+    sampler_seed: int = 0
+    pruner: str = "median"  # median | hyperband | none
+    n_trials: int = 20
+    n_workers: int = 2
+    storage: str | None = None  # None: sqlite in out_dir; journal:<path>; postgresql://...
+    out_dir: str = "outputs/sweeps/${sweep.name}"
+    heartbeat_s: int = 60
+    max_retries: int = 2
