@@ -171,6 +171,7 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: str | None = None  # eval / export: a checkpoint path or an MLflow run id
+    export_path: str | None = None  # export: output file (default: next to the checkpoint)
     sweep: Any = None  # filled by the sweep/ group (schema in detlab.sweeps.schema)
 
 

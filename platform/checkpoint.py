@@ -1,0 +1,146 @@
+"""Atomic checkpoints, exact resume, backbone loading and torchvision export."""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from detlab.platform.config import BackboneConfig
+
+FORMAT = 1
+BACKBONE_KEYS = ("name", "width", "small_stem")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable, or does not fit the config."""
+
+
+def save_atomic(state: dict[str, Any], path: str | Path) -> Path:
+    """Write to a temp file in the same folder, fsync, then rename over ``path``.
+
+    A crash (or a SLURM kill) mid-write leaves the previous checkpoint intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def rng_state() -> dict[str, Any]:
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for a truncated/corrupt file
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a detlab checkpoint (format {FORMAT})")
+    state["path"] = str(path)
+    return state
+
+
+def resolve(path_or_run_id: str, tracking_uri: str | None = None) -> dict[str, Any]:
+    """Load a checkpoint from a file/folder, or from an MLflow run id (tag detlab.checkpoint)."""
+    if Path(path_or_run_id).exists():
+        return load(path_or_run_id)
+    from mlflow.tracking import MlflowClient
+
+    try:
+        run = MlflowClient(tracking_uri).get_run(path_or_run_id)
+    except Exception as exc:
+        raise CheckpointError(
+            f"checkpoint={path_or_run_id!r} is neither an existing file nor an MLflow run id "
+            f"in {tracking_uri}: {exc}"
+        ) from None
+    ckpt = run.data.tags.get("detlab.checkpoint")
+    if not ckpt:
+        raise CheckpointError(f"MLflow run {path_or_run_id} has no detlab.checkpoint tag")
+    state = load(ckpt)
+    state.setdefault("run_id", path_or_run_id)
+    return state
+
+
+def check_backbone(state: dict[str, Any], cfg: BackboneConfig) -> None:
+    saved = state["backbone_cfg"]
+    diff = [
+        f"{k}: checkpoint {saved[k]!r} vs config {getattr(cfg, k)!r}"
+        for k in BACKBONE_KEYS
+        if saved.get(k) != getattr(cfg, k)
+    ]
+    if diff:
+        raise CheckpointError(
+            f"backbone in {state.get('path')} does not match backbone config ("
+            + "; ".join(diff)
+            + "): pass matching backbone=... overrides"
+        )
+
+
+def load_backbone(path_or_run_id: str, cfg: BackboneConfig, tracking_uri: str | None = None):
+    """The pretrained online backbone of a checkpoint, checked against ``cfg``."""
+    from detlab.methods.backbones import build_backbone
+
+    state = resolve(path_or_run_id, tracking_uri)
+    check_backbone(state, cfg)
+    backbone = build_backbone(cfg)
+    backbone.load_state_dict(state["backbone"])
+    backbone.checkpoint_state = {k: state.get(k) for k in ("path", "run_id", "method_name", "step")}
+    return backbone
+
+
+def export_command(cfg: DictConfig) -> int:
+    """`detlab export checkpoint=<path|run id>`: torchvision-compatible backbone weights."""
+    if not cfg.checkpoint:
+        print("detlab export: set checkpoint=<path or MLflow run id>")
+        return 2
+    try:
+        state = resolve(cfg.checkpoint, cfg.tracking.uri)
+        bb_cfg = OmegaConf.structured(BackboneConfig(**state["backbone_cfg"]))
+        backbone = load_backbone(state["path"], bb_cfg)
+    except CheckpointError as exc:
+        print(f"detlab export: {exc}")
+        return 2
+    out = Path(cfg.export_path or Path(state["path"]).with_name("backbone_torchvision.pt"))
+    save_atomic(backbone.torchvision_state_dict(), out)
+    print(f"wrote {out} ({state['method_name']}, step {state['step']}, {bb_cfg.name})")
+    print(
+        f"load with: torchvision.models.{bb_cfg.name}().load_state_dict(torch.load('{out}'), strict=False)"
+    )
+    return 0

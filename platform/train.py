@@ -1,0 +1,280 @@
+"""The training loop: one readable function, ``train(cfg)``.
+
+It behaves the same on a laptop CPU, under torchrun, or inside a SLURM job: where it runs is
+decided by the launcher, which only sets torch's standard environment variables.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from detlab.platform import checkpoint as ckpt
+from detlab.platform import distributed as distr
+from detlab.platform.compose import flatten, to_yaml
+from detlab.platform.optim import build_optimizer, build_scheduler
+from detlab.platform.tracking import RunLogger, git_commit
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or inf: the run stops, nothing after the last checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    status: str  # completed | stopped | failed
+    step: int
+    run_id: str | None
+    metrics: dict[str, float] = field(default_factory=dict)
+    checkpoint: str | None = None
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_loader(cfg: DictConfig, input_kind: str, info: distr.DistInfo):
+    """Dataset + resumable sampler + DataLoader for this rank's share of each global batch."""
+    from detlab.methods.data import ResumableSampler, build_pretrain_dataset
+
+    dataset = build_pretrain_dataset(
+        cfg.data, cfg.masks, cfg.aug, input_kind, cfg.train.seed, num_boxes=cfg.method.num_boxes
+    )
+    if cfg.train.batch_size % info.world_size:
+        raise ValueError(
+            f"train.batch_size={cfg.train.batch_size} is not divisible by the "
+            f"{info.world_size} ranks"
+        )
+    if len(dataset) < cfg.train.batch_size:
+        raise ValueError(
+            f"train.batch_size={cfg.train.batch_size} exceeds the {len(dataset)} images of "
+            f"{cfg.data.root} ({cfg.data.train_split})"
+        )
+    sampler = ResumableSampler(
+        len(dataset), cfg.train.batch_size, cfg.train.seed, info.rank, info.world_size
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=cfg.train.batch_size // info.world_size,
+        sampler=sampler,
+        num_workers=cfg.data.num_workers,
+        pin_memory=info.device.type == "cuda",
+        drop_last=True,
+        persistent_workers=False,
+    )
+    return dataset, sampler, loader
+
+
+def batches(loader, sampler, dataset, start_step: int) -> Iterator[dict]:
+    """Endless stream of batches starting at global step ``start_step`` (exact data order)."""
+    steps_per_epoch = len(loader)
+    epoch, offset = divmod(start_step, steps_per_epoch)
+    while True:
+        sampler.set_epoch(epoch)
+        sampler.set_start_batch(offset)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        yield from loader
+        epoch, offset = epoch + 1, 0
+
+
+def to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor):
+            v = v.to(device, non_blocking=True)
+            if channels_last and v.ndim == 4 and v.is_floating_point():
+                v = v.contiguous(memory_format=torch.channels_last)
+        out[k] = v
+    return out
+
+
+def autocast_for(precision: str, device: torch.device):
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp32":
+        return nullcontext()
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    raise ValueError(f"train.precision={precision!r} is not one of: auto, fp32, bf16")
+
+
+def train(
+    cfg: DictConfig,
+    *,
+    stop_requested: Callable[[], bool] | None = None,
+    on_metrics: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    from detlab.methods.registry import build_method
+    from detlab.platform.monitor import KnnMonitor, fingerprints
+
+    tc = cfg.train
+    # ---- set-up: processes, device, seeds -------------------------------------------
+    info = distr.init_from_env(tc.device)
+    seed_everything(tc.seed)
+    out_dir = Path(tc.out_dir)
+    ckpt_path = out_dir / "checkpoint.pt"
+
+    # ---- model, data, optimiser, schedule (all validated before any step runs) -------
+    method = build_method(cfg.method, cfg.backbone, cfg.aug).to(info.device)
+    dataset, sampler, loader = build_loader(cfg, method.input_kind, info)
+    if info.distributed:
+        method = distr.convert_sync_batchnorm(method, info.device)
+    if tc.channels_last:
+        method = method.to(memory_format=torch.channels_last)
+    model = (
+        DistributedDataParallel(
+            method, device_ids=[info.device] if info.device.type == "cuda" else None
+        )
+        if info.distributed
+        else method
+    )
+    optimizer = build_optimizer(cfg.optim, method, tc.batch_size)
+    scheduler = build_scheduler(cfg.optim, optimizer, tc.steps)
+    amp = autocast_for(tc.precision, info.device)
+
+    # ---- resume: model, optimiser, schedule, EMA targets, step, RNG, data order ------
+    start_step, requeues, state = 0, 0, None
+    if tc.resume and ckpt_path.exists():
+        state = ckpt.load(ckpt_path)
+        method.load_state_dict(state["method"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        ckpt.set_rng_state(state["rng"])
+        start_step, requeues = state["step"], state.get("requeues", 0) + 1
+        if state.get("run_id") and not cfg.tracking.run_id:
+            cfg = OmegaConf.merge(cfg, {"tracking": {"run_id": state["run_id"]}})
+
+    # ---- tracking (rank 0 only) ------------------------------------------------------
+    logger = RunLogger(cfg.tracking, active=info.is_main)
+    logger.log_params(flatten(cfg))
+    logger.set_tags(
+        {
+            "git_commit": git_commit(),
+            "method": cfg.method.name,
+            "detlab.checkpoint": str(ckpt_path.resolve()),
+            "world_size": info.world_size,
+            **fingerprints(dataset),
+            **({"detlab.requeues": requeues} if requeues else {}),
+        }
+    )
+    if start_step == 0:
+        logger.log_text(to_yaml(cfg), "config.yaml")
+    monitor = KnnMonitor(cfg, info) if tc.knn_every > 0 else None
+
+    def save(step: int) -> str | None:
+        if not info.is_main:
+            return None
+        state = {
+            "format": ckpt.FORMAT,
+            "step": step,
+            "total_steps": tc.steps,
+            "method": method.state_dict(),
+            "backbone": method.backbone.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": ckpt.rng_state(),
+            "config": to_yaml(cfg),
+            "method_name": cfg.method.name,
+            "backbone_cfg": OmegaConf.to_container(cfg.backbone),
+            "run_id": logger.run_id,
+            "requeues": requeues,
+        }
+        return str(ckpt.save_atomic(state, ckpt_path))
+
+    # ---- the loop ----------------------------------------------------------------------
+    metrics: dict[str, float] = {}
+    stream = batches(loader, sampler, dataset, start_step)
+    bar = tqdm(
+        total=tc.steps,
+        initial=start_step,
+        desc=f"{cfg.method.name}",
+        disable=not (tc.progress and info.is_main) or None,
+        dynamic_ncols=True,
+    )
+    step, t_last, wait_s, imgs = start_step, time.perf_counter(), 0.0, 0
+    try:
+        while step < tc.steps:
+            # data
+            t0 = time.perf_counter()
+            batch = to_device(next(stream), info.device, tc.channels_last)
+            batch["step"] = step
+            wait_s += time.perf_counter() - t0
+            # forward / backward / update
+            model.train()
+            with amp:
+                out = model(batch)
+            loss = out["loss"]
+            if distr.any_true(not bool(torch.isfinite(loss.detach()).all()), info):
+                raise NonFiniteLossError(
+                    f"loss is {loss.item()} at step {step} (method={cfg.method.name}, "
+                    f"lr={scheduler.get_last_lr()[0]:.3g}): lower optim.lr, enable "
+                    f"optim.grad_clip, or check the data; the last good checkpoint is kept "
+                    f"at {ckpt_path}"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.optim.grad_clip:
+                torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.optim.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            logs = method.update_target(step, tc.steps)
+            step += 1
+            imgs += tc.batch_size
+            bar.update(1)
+            # logging
+            if step % tc.log_every == 0 or step == tc.steps:
+                dt = time.perf_counter() - t_last
+                metrics = {
+                    "loss": distr.mean_scalar(loss.item(), info),
+                    "lr": scheduler.get_last_lr()[0],
+                    **{k: float(v) for k, v in logs.items()},
+                    **{k: float(v) for k, v in out.items() if k != "loss" and v.ndim == 0},
+                    "images_per_s": imgs / max(dt, 1e-9),
+                    "data_wait_frac": wait_s / max(dt, 1e-9),
+                }
+                logger.log_metrics(metrics, step)
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+                t_last, wait_s, imgs = time.perf_counter(), 0.0, 0
+            # online kNN monitor (used for pruning by sweeps)
+            if monitor and (step % tc.knn_every == 0 or step == tc.steps):
+                knn = monitor(method.backbone)
+                metrics.update(knn)
+                logger.log_metrics(knn, step)
+                if on_metrics:
+                    on_metrics(step, knn)
+            # checkpoints, and a clean stop when the launcher asks (preemption, timeout)
+            stop = stop_requested is not None and distr.any_true(stop_requested(), info)
+            if step % tc.checkpoint_every == 0 or step == tc.steps or stop:
+                path = save(step)
+                distr.barrier(info)
+            if stop and step < tc.steps:
+                logger.pause()
+                return TrainResult("stopped", step, logger.run_id, metrics, path)
+    except BaseException as exc:
+        bar.close()
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        if type(exc).__name__ == "TrialPruned":
+            status = "KILLED"
+        logger.finish(status, reason=f"{type(exc).__name__}: {exc}")
+        distr.cleanup(info)
+        raise
+    bar.close()
+    logger.finish("FINISHED")
+    distr.cleanup(info)
+    return TrainResult("completed", step, logger.run_id, metrics, str(ckpt_path))

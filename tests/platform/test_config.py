@@ -1,0 +1,49 @@
+import pytest
+
+from detlab.platform.cli import main
+from detlab.platform.compose import ConfigError, compose, flatten, group_options
+
+
+def test_default_composes_with_every_group():
+    cfg = compose()
+    assert cfg.method.name == "detcon_b" and cfg.masks.name == "fh"
+    assert cfg.optim.name == "lars" and cfg.cluster.name == "local"
+
+
+@pytest.mark.parametrize("method", group_options("method"))
+def test_every_method_yaml_fits_the_schema(method):
+    cfg = compose([f"method={method}"])
+    assert cfg.method.name == method
+
+
+def test_unknown_key_names_key_and_valid_choices():
+    with pytest.raises(ConfigError) as err:
+        compose(["train.stepz=3"])
+    msg = str(err.value)
+    assert "train.stepz" in msg and "steps" in msg and "batch_size" in msg
+
+
+def test_unknown_nested_section():
+    with pytest.raises(ConfigError, match="'trian' is not a key of <root>"):
+        compose(["trian.steps=3"])
+
+
+def test_unknown_group_option_lists_options():
+    with pytest.raises(ConfigError) as err:
+        compose(["method=detcon_c"])
+    assert "detcon_b" in str(err.value) and "simclr" in str(err.value)
+
+
+def test_wrong_type_is_rejected():
+    with pytest.raises(ConfigError, match="steps"):
+        compose(["train.steps=many"])
+
+
+def test_flatten_has_dotted_keys():
+    flat = flatten(compose(["method=simclr"]))
+    assert flat["method.name"] == "simclr" and flat["train.batch_size"] == 256
+
+
+def test_cli_config_error_exit_code(capsys):
+    assert main(["config", "optim.lrr=1"]) == 2
+    assert "optim.lrr" in capsys.readouterr().err
