@@ -256,8 +256,14 @@ def train(
                 knn = monitor(method.backbone)
                 metrics.update(knn)
                 logger.log_metrics(knn, step)
-                if on_metrics:
-                    on_metrics(step, knn)
+                verdict = None  # rank 0 talks to Optuna; every rank stops if it prunes
+                if on_metrics and info.is_main:
+                    try:
+                        on_metrics(step, knn)
+                    except Exception as exc:
+                        verdict = exc
+                if distr.any_true(verdict is not None, info):
+                    raise verdict or RuntimeError("stopped: rank 0's on_metrics raised")
             # checkpoints, and a clean stop when the launcher asks (preemption, timeout)
             stop = stop_requested is not None and distr.any_true(stop_requested(), info)
             if step % tc.checkpoint_every == 0 or step == tc.steps or stop:
