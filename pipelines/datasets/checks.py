@@ -1,0 +1,104 @@
+"""Up-front checks of a split's files: every image exists and decodes, sizes agree with the
+annotations, per-pixel annotations exist and match their image. Runs before any compute so
+bad input is reported with its path, not as a stack trace from inside a DataLoader worker.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from PIL import Image
+from tqdm import tqdm
+
+from detlab.pipelines.datasets.records import DatasetError, Entry, ImageRecord, Source
+
+MAX_LISTED = 10  # problems spelled out in one DatasetError
+PARALLEL_FROM = 256  # entries; header reads use threads above this (I/O bound)
+PROGRESS_FROM = 5000  # entries; show a progress bar above this
+
+
+def _header(path: Path, full_decode: bool) -> tuple[tuple[int, int, str] | None, str | None]:
+    """((height, width, mode), None) or (None, problem)."""
+    if not path.is_file():
+        return None, "file is missing"
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            mode = im.mode
+            if full_decode:
+                im.load()
+    except Exception as e:  # PIL raises many types for corrupt data
+        return None, f"cannot decode image ({type(e).__name__}: {e})"
+    return (height, width, mode), None
+
+
+def _inspect(entry: Entry, check: bool, full_decode: bool) -> tuple[ImageRecord | None, list]:
+    problems: list[str] = []
+    listed = f" (listed in {entry.listed_in})" if entry.listed_in else ""
+    size = entry.size
+    if check or size is None:
+        info, problem = _header(entry.path, full_decode)
+        if problem:
+            return None, [f"{entry.path}: {problem}{listed}"]
+        if size is not None and info[:2] != size:
+            problems.append(
+                f"{entry.path}: image is {info[1]}x{info[0]} (WxH) but {entry.listed_in} says "
+                f"{size[1]}x{size[0]}"
+            )
+        size = info[:2]
+    if check:
+        for mask in (entry.semantic_path, *entry.extra_masks):
+            if mask is None:
+                continue
+            info, problem = _header(mask, full_decode)
+            if problem:
+                what = "annotation file is missing" if problem == "file is missing" else problem
+                problems.append(f"{mask}: {what} (mask of image {entry.path})")
+            elif info[:2] != size:
+                problems.append(
+                    f"{mask}: mask is {info[1]}x{info[0]} (WxH) but its image {entry.path} is "
+                    f"{size[1]}x{size[0]}"
+                )
+            elif info[2] not in ("L", "P"):
+                problems.append(f"{mask}: expected a single-channel (L or P) PNG, got {info[2]}")
+    record = ImageRecord(
+        entry.image_id, entry.path, size[0], size[1], entry.label, entry.semantic_path
+    )
+    return record, problems
+
+
+def raise_problems(source: Source, problems: list[str]) -> None:
+    if not problems:
+        return
+    shown = "\n  ".join(problems[:MAX_LISTED])
+    more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+    raise DatasetError(
+        f"{source.location}: {len(problems)} problem(s) in {source.format} dataset "
+        f"{source.root} (split {source.split!r}):\n  {shown}{more}"
+    )
+
+
+def build_records(
+    source: Source, entries: list[Entry], check: bool, full_decode: bool
+) -> list[ImageRecord]:
+    """Records for ``entries``; file checks when ``check`` (headers are always read where the
+    annotations give no size). Raises one DatasetError listing every problem found."""
+    work = [(e, check, full_decode) for e in entries]
+    bar = dict(
+        total=len(work),
+        desc=f"checking {source.split}",
+        unit="img",
+        disable=len(work) < PROGRESS_FROM,
+    )
+    needs_io = check or any(e.size is None for e in entries)
+    if needs_io and len(work) >= PARALLEL_FROM:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            results = list(tqdm(pool.map(lambda a: _inspect(*a), work, chunksize=64), **bar))
+    else:
+        results = [_inspect(*a) for a in tqdm(work, **bar)]
+    problems = list(source.problems)
+    for _, found in results:
+        problems.extend(found)
+    raise_problems(source, problems)
+    return [r for r, _ in results]
