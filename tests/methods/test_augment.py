@@ -1,0 +1,260 @@
+"""Paired augmentations: geometry shared by image, mask and boxes; SoCo views; blur kernel."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torchvision.transforms.v2 import functional as F
+
+from detlab.methods.augment import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    AugmentError,
+    SeparableGaussianBlur,
+    build_pair_transform,
+    build_soco_transform,
+)
+from detlab.platform.config import AugConfig
+
+R = 48
+
+
+def no_colour(**kw) -> AugConfig:
+    """Geometry only: every photometric probability at zero."""
+    base = dict(
+        resolution=R, jitter_p=0.0, grayscale_p=0.0, blur_p=[0.0, 0.0], solarize_p=[0.0, 0.0]
+    )
+    base.update(kw)
+    return AugConfig(**base)
+
+
+def denorm(x: torch.Tensor) -> torch.Tensor:
+    """[3, H, W] normalised float -> [0, 255] float."""
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (x * std + mean) * 255
+
+
+def id_image(seed: int = 0, h: int = 90, w: int = 120):
+    """Random 15 px blocks of ids; the image encodes the id as grey level 20 * id + 10."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, 12, (h // 15, w // 15)).astype(np.uint8)
+    mask = np.kron(ids, np.ones((15, 15), np.uint8))
+    mask[:, : w // 3] = np.where(mask[:, : w // 3] == 11, 0, mask[:, : w // 3])  # asymmetric
+    image = np.repeat((mask * 20 + 10)[..., None], 3, axis=2).astype(np.uint8)
+    return image, mask
+
+
+def interior(m: torch.Tensor, k: int = 3) -> torch.Tensor:
+    """Pixels whose k x k neighbourhood holds a single id (away from region borders)."""
+    r = k // 2
+    p = torch.nn.functional.pad(m[None, None].float(), (r, r, r, r), mode="replicate")
+    win = torch.nn.functional.unfold(p, k).view(k * k, *m.shape)
+    return (win == m.float()).all(0)
+
+
+def test_pair_outputs_have_contract_shapes_and_types():
+    image, mask = id_image()
+    out = build_pair_transform(AugConfig(resolution=R))(image, mask)
+    assert set(out) == {"view1", "view2", "mask1", "mask2"}
+    for v in (1, 2):
+        assert out[f"view{v}"].shape == (3, R, R) and out[f"view{v}"].dtype == torch.float32
+        assert out[f"mask{v}"].shape == (R, R) and out[f"mask{v}"].dtype == torch.int64
+    zero = build_pair_transform(AugConfig(resolution=R))(image, None)
+    assert zero["mask1"].eq(0).all() and zero["mask2"].shape == (R, R)
+
+
+def test_same_geometry_hits_image_and_mask():
+    """Decode ids from the (bicubic) image; they must match the (nearest) mask."""
+    t = build_pair_transform(no_colour())
+    flips_seen = set()
+    for seed in range(12):
+        image, mask = id_image(seed)
+        torch.manual_seed(seed)
+        out = t(image, mask)
+        for v in (1, 2):
+            grey = denorm(out[f"view{v}"]).mean(0)
+            decoded = ((grey - 10) / 20).round().clamp(0, 11).long()
+            unblended = (grey - (decoded * 20 + 10)).abs() < 4  # not a bicubic edge mix
+            m = out[f"mask{v}"]
+            keep = interior(m) & unblended
+            assert keep.sum() > 0.3 * m.numel()
+            agree = (decoded[keep] == m[keep]).float().mean().item()
+            assert agree > 0.99, f"seed {seed} view {v}: only {agree:.3f} of pixels agree"
+        # flips happen (the left third of the image has no id 11: a flip moves that band)
+        torch.manual_seed(seed)
+        p = t.geometry.sample(torch.as_tensor(image).permute(2, 0, 1))  # view 1's draw
+        flips_seen.add(p["flip"])
+    assert flips_seen == {True, False}
+
+
+def test_mask_nearest_keeps_ids_and_crop_zooms():
+    image, mask = id_image(3)
+    torch.manual_seed(0)
+    out = build_pair_transform(no_colour(crop_scale=[0.08, 0.1]))(image, mask)
+    for v in (1, 2):
+        assert set(out[f"mask{v}"].unique().tolist()) <= set(np.unique(mask).tolist())
+        # a crop of <= 10% of the image shows far fewer 15 px blocks than the whole image
+        assert out[f"mask{v}"].unique().numel() < np.unique(mask).size
+
+
+def rect_scene(h: int = 80, w: int = 100):
+    """Black image with coloured, non-overlapping filled rectangles and their xyxy boxes."""
+    image = np.zeros((h, w, 3), np.uint8)
+    boxes = np.array(
+        [[5, 5, 35, 30], [50, 8, 95, 40], [10, 45, 40, 75], [55, 50, 90, 78]], np.float32
+    )
+    colours = [(250, 0, 0), (0, 250, 0), (0, 0, 250), (250, 250, 0)]
+    for (x0, y0, x1, y1), c in zip(boxes.astype(int), colours, strict=True):
+        image[y0:y1, x0:x1] = c
+    return image, boxes, np.array(colours, np.float32)
+
+
+def colour_at_box(view: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+    x0, y0, x1, y1 = box.round().long().tolist()
+    inner = denorm(view)[:, y0 + 1 : y1 - 1, x0 + 1 : x1 - 1]
+    return inner.reshape(3, -1).median(dim=1).values
+
+
+def tight_box(view: torch.Tensor, colour: np.ndarray) -> torch.Tensor:
+    """xyxy of the pixels within 60 grey levels of ``colour``."""
+    d = (denorm(view) - torch.tensor(colour).view(3, 1, 1)).abs().max(0).values
+    ys, xs = torch.nonzero(d < 60, as_tuple=True)
+    return torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32)
+
+
+def match_colour(view, box, colours) -> int:
+    med = colour_at_box(view, box)
+    dist = (torch.tensor(colours) - med).abs().max(1).values
+    assert dist.min() < 30, f"box {box.tolist()} does not sit on a rectangle ({med.tolist()})"
+    return int(dist.argmin())
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_boxes_follow_whole_image_views_and_flips(seed):
+    """Crop = whole image: every view's box must tightly frame its rectangle."""
+    image, boxes, colours = rect_scene()
+    aug = no_colour(soco_crop_scale=[1.0, 1.0], crop_ratio=[0.5, 2.0], soco_box_jitter_p=0.0)
+    torch.manual_seed(seed)
+    out = build_soco_transform(aug, num_boxes=4)(image, boxes)
+    assert out["box_valid"].all()
+    for v in (1, 2, 3):
+        size = R if v < 3 else R // 2
+        for box in out[f"boxes{v}"]:
+            k = match_colour(out[f"v{v}"], box, colours)
+            tight = tight_box(out[f"v{v}"], colours[k])
+            tol = 1.5 if v < 3 else 1.0
+            assert (tight - box).abs().max() <= tol, (v, box.tolist(), tight.tolist())
+            assert box.min() >= 0 and box.max() <= size
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_boxes_follow_random_crops(seed):
+    """Random V2 crops: boxes are clipped to the window, sit on their rectangle in all views
+    (the same rectangle in each), and frame its visible part in V2."""
+    image, boxes, colours = rect_scene()
+    aug = no_colour(soco_crop_scale=[0.3, 0.6], soco_box_jitter_p=0.0)
+    torch.manual_seed(seed)
+    out = build_soco_transform(aug, num_boxes=4)(image, boxes)
+    n = int(out["box_valid"].sum())
+    assert n >= 1 and not out["box_valid"][n:].any()
+    for i in range(n):
+        ks = {match_colour(out[f"v{v}"], out[f"boxes{v}"][i], colours) for v in (1, 2, 3)}
+        assert len(ks) == 1, f"slot {i} sits on different rectangles in different views"
+
+
+def test_soco_shapes_and_v3_is_v2_downscaled():
+    image, boxes, _ = rect_scene()
+    torch.manual_seed(1)
+    out = build_soco_transform(no_colour(), num_boxes=3)(image, boxes)
+    assert out["v1"].shape == out["v2"].shape == (3, R, R)
+    assert out["v3"].shape == (3, R // 2, R // 2)
+    assert out["box_valid"].shape == (3,) and out["box_valid"].dtype == torch.bool
+    for v in (1, 2, 3):
+        assert out[f"boxes{v}"].shape == (3, 4) and out[f"boxes{v}"].dtype == torch.float32
+    v2_uint8 = denorm(out["v2"]).round().clamp(0, 255).to(torch.uint8)
+    expected = F.resize(v2_uint8, [R // 2, R // 2], interpolation=F.InterpolationMode.BICUBIC)
+    assert (denorm(out["v3"]) - expected.float()).abs().max() < 1e-3
+    torch.testing.assert_close(out["boxes3"], out["boxes2"] / 2)
+
+
+def test_soco_without_proposals_uses_the_crop_window():
+    image, _, _ = rect_scene()
+    torch.manual_seed(0)
+    out = build_soco_transform(no_colour(), num_boxes=4)(image, np.zeros((0, 4), np.float32))
+    assert out["box_valid"].tolist() == [True, False, False, False]
+    torch.testing.assert_close(out["boxes2"][0], torch.tensor([0.0, 0, R, R]))
+    assert (out["boxes2"][1:] == torch.tensor([0.0, 0, R, R])).all()  # padding
+    b1 = out["boxes1"][0]
+    assert (b1[2:] - b1[:2]).min() > 0 and b1.max() <= R
+
+
+def test_soco_drops_boxes_outside_the_crop_and_samples_k():
+    image, boxes, _ = rect_scene()
+    tiny = np.array([[0, 0, 1, 1]], np.float32)  # below resolution / 16 in every crop
+    for seed in range(5):
+        torch.manual_seed(seed)
+        out = build_soco_transform(no_colour(), num_boxes=2)(image, np.concatenate([tiny, boxes]))
+        for i in range(int(out["box_valid"].sum())):
+            wh = out["boxes2"][i, 2:] - out["boxes2"][i, :2]
+            assert (wh >= R / 16).all()
+
+
+def test_v1_box_jitter_bounds():
+    image, boxes, _ = rect_scene()
+    seen = 0
+    for seed in range(6):
+        outs = []
+        for p in (0.0, 1.0):
+            torch.manual_seed(seed)
+            aug = no_colour(soco_box_jitter_p=p, soco_crop_scale=[1.0, 1.0], crop_ratio=[0.5, 2])
+            outs.append(build_soco_transform(aug, num_boxes=4)(image, boxes))
+        plain, jit = outs
+        torch.testing.assert_close(plain["boxes2"], jit["boxes2"])
+        wh = (plain["boxes1"][:, 2:] - plain["boxes1"][:, :2]).repeat(1, 2)
+        diff = (jit["boxes1"] - plain["boxes1"]).abs()
+        assert (diff <= 0.2 * wh + 1e-4).all()
+        seen += int((diff > 1e-3).any())
+    assert seen >= 5  # p = 1: (almost) every image has jittered boxes
+
+
+def test_separable_blur_matches_torchvision_gaussian_blur():
+    x = torch.rand(3, 40, 52)
+    blur = SeparableGaussianBlur(11, (1.3, 1.3))
+    ref = F.gaussian_blur(x, [11, 11], [1.3, 1.3])
+    torch.testing.assert_close(blur(x), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_blur_and_solarize_probabilities_are_per_view(monkeypatch):
+    image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    t = build_pair_transform(no_colour(blur_p=[1.0, 0.25], solarize_p=[0.0, 1.0]))
+    calls = []
+
+    def record(self, x):
+        calls.append(self)
+        return x
+
+    monkeypatch.setattr(SeparableGaussianBlur, "__call__", record)
+    blur1, blur2 = (p.transforms[2].transforms[0] for p in t.photometric)
+    assert blur1.kernel_size == 2 * round(R * 0.05) + 1
+    assert blur1.sigma == pytest.approx((0.1 * R / 224, 2.0 * R / 224))
+    n = 200
+    for seed in range(n):
+        torch.manual_seed(seed)
+        out = t(image)
+        assert denorm(out["view2"]).max() < 128.5  # solarized: every pixel >= 0.5 inverted
+        assert denorm(out["view1"]).max() > 200  # never solarized
+    assert sum(c is blur1 for c in calls) == n
+    assert 0.15 * n < sum(c is blur2 for c in calls) < 0.35 * n
+
+
+def test_bad_settings_name_the_key():
+    with pytest.raises(AugmentError, match="aug.crop_scale"):
+        build_pair_transform(AugConfig(crop_scale=[0.5, 0.1]))
+    with pytest.raises(AugmentError, match="aug.blur_p"):
+        build_pair_transform(AugConfig(blur_p=[1.0]))
+    with pytest.raises(AugmentError, match="num_boxes"):
+        build_soco_transform(AugConfig(), 0)
+    with pytest.raises(AugmentError, match="does not match"):
+        build_pair_transform(AugConfig(resolution=R))(*id_image()[:1], np.zeros((5, 5)))
