@@ -1,0 +1,77 @@
+"""What every method shares: the online backbone, EMA targets and their schedule.
+
+A method is an ``nn.Module`` whose ``forward(batch)`` returns ``{"loss": scalar, ...}``
+(other scalars are logged), with ``update_target(step, total_steps)`` called after each
+optimiser step, ``backbone`` (the online network evaluated downstream) and ``input_kind``
+("mask": two views + masks; "boxes": SoCo's three views + proposals).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import Tensor, nn
+
+from detlab.methods.backbones import build_backbone
+from detlab.platform.config import AugConfig, BackboneConfig, MethodConfig
+
+
+def ema_tau(base: float, step: int, total_steps: int) -> float:
+    """BYOL / DetCon: tau_k = 1 - (1 - base) * (cos(pi k / K) + 1) / 2."""
+    return 1 - (1 - base) * (math.cos(math.pi * step / max(1, total_steps)) + 1) / 2
+
+
+def make_target(online: nn.Module) -> nn.Module:
+    """A frozen copy of ``online`` updated only by EMA."""
+    target = copy.deepcopy(online)
+    for p in target.parameters():
+        p.requires_grad_(False)
+    return target
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, online: nn.Module, tau: float) -> None:
+    """target <- tau * target + (1 - tau) * online, parameters only (BN buffers are the
+    target's own running statistics, as in BYOL)."""
+    t_params = [p for p in target.parameters()]
+    o_params = [p.detach() for p in online.parameters()]
+    torch._foreach_lerp_(t_params, o_params, 1 - tau)
+
+
+class Method(nn.Module):
+    """Base class; subclasses set ``input_kind`` and implement ``forward``."""
+
+    input_kind = "mask"
+    uses_ema = False
+
+    def __init__(self, m: MethodConfig, b: BackboneConfig, aug: AugConfig):
+        super().__init__()
+        self.cfg, self.aug = m, aug
+        self.encoder = build_backbone(b)  # the online backbone
+        self.targets: list[tuple[nn.Module, nn.Module]] = []  # (target, online) pairs
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.encoder
+
+    def add_target(self, online: nn.Module) -> nn.Module:
+        target = make_target(online)
+        self.targets.append((target, online))
+        return target
+
+    def tau(self, step: int, total_steps: int) -> float:
+        return ema_tau(self.cfg.ema_base, step, total_steps)
+
+    def update_target(self, step: int, total_steps: int) -> dict[str, float]:
+        """EMA of every registered target after optimiser step ``step`` (0-based)."""
+        if not self.targets:
+            return {}
+        tau = self.tau(step, total_steps)
+        for target, online in self.targets:
+            ema_update(target, online, tau)
+        return {"ema_tau": tau}
+
+    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:  # pragma: no cover
+        raise NotImplementedError

@@ -1,0 +1,63 @@
+"""SoCo: selective-search boxes, FPN + RoIAlign + R-CNN head, BYOL-style box regression.
+
+Online and EMA-target networks both embed the K boxes of all three views (V1 whole image,
+V2 random crop, V3 = V2 at half size). Loss (official, symmetric):
+    soco(pred V1, target V2) + soco(pred V1, target V3)
+  + soco(pred V2, target V1) + soco(pred V3, target V1)
+where soco() is -2 x the mean cosine over each image's valid boxes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from detlab.methods.heads import BoxNeck, mlp
+from detlab.methods.losses import soco_loss
+from detlab.methods.models.base import Method
+from detlab.platform.config import AugConfig, BackboneConfig, MethodConfig
+
+VIEWS = (("v1", "boxes1"), ("v2", "boxes2"), ("v3", "boxes3"))
+
+
+class SoCo(Method):
+    input_kind = "boxes"
+    uses_ema = True
+
+    def __init__(self, m: MethodConfig, b: BackboneConfig, aug: AugConfig):
+        super().__init__(m, b, aug)
+        self.neck = BoxNeck(
+            self.encoder.pyramid_channels, m.fpn_channels, m.roi_size, m.head_hidden, aug.resolution
+        )
+        self.projector = mlp(m.head_hidden, m.proj_hidden, m.proj_out)
+        self.predictor = mlp(m.proj_out, m.pred_hidden, m.proj_out)
+        self.target_encoder = self.add_target(self.encoder)
+        self.target_neck = self.add_target(self.neck)
+        self.target_projector = self.add_target(self.projector)
+
+    def embed(self, encoder, neck, projector, image: Tensor, boxes: Tensor) -> Tensor:
+        """image [B, 3, S, S], boxes [B, K, 4] -> box projections [B, K, D]."""
+        z = neck(encoder.forward_pyramid(image), boxes, image.shape[-1])  # [B, K, hidden]
+        return projector(z.flatten(0, 1)).view(*boxes.shape[:2], -1)
+
+    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        valid = batch["box_valid"]  # [B, K]
+        online = [
+            self.embed(self.encoder, self.neck, self.projector, batch[v], batch[b])
+            for v, b in VIEWS
+        ]
+        preds = [self.predictor(z.flatten(0, 1)).view_as(z) for z in online]  # 3 x [B, K, D]
+        with torch.no_grad():
+            targets = [
+                self.embed(
+                    self.target_encoder, self.target_neck, self.target_projector, batch[v], batch[b]
+                )
+                for v, b in VIEWS
+            ]
+        loss = (
+            soco_loss(preds[0], targets[1], valid)
+            + soco_loss(preds[0], targets[2], valid)
+            + soco_loss(preds[1], targets[0], valid)
+            + soco_loss(preds[2], targets[0], valid)
+        )
+        return {"loss": loss, "boxes_valid": valid.float().sum(1).mean()}

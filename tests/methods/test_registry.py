@@ -1,0 +1,134 @@
+"""The method registry: one class per config, each trains its backbone; DetCon reductions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from detlab.methods.models.base import ema_tau
+from detlab.methods.pooling import hashed_uniform, mask_pool_features, pool_masks, sample_mask_ids
+from detlab.methods.registry import METHODS, UnknownMethodError, build_method
+from detlab.platform.compose import compose, group_options
+
+TINY = [
+    "backbone=tiny",
+    "aug.resolution=32",
+    "method.proj_hidden=32",
+    "method.proj_out=16",
+    "method.pred_hidden=32",
+    "method.num_masks=4",
+    "method.queue_size=32",
+    "method.fpn_channels=16",
+    "method.head_hidden=32",
+]
+
+
+def tiny(name, *extra):
+    cfg = compose([f"method={name}", *TINY, *extra])
+    return cfg, build_method(cfg.method, cfg.backbone, cfg.aug)
+
+
+def batch_for(method, b=4, r=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    if method.input_kind == "boxes":
+        boxes = torch.tensor([[2.0, 2.0, 20.0, 24.0], [8.0, 4.0, 30.0, 30.0]]).repeat(b, 1, 1)
+        half = boxes / 2
+        return {
+            "v1": torch.randn(b, 3, r, r, generator=g),
+            "v2": torch.randn(b, 3, r, r, generator=g),
+            "v3": torch.randn(b, 3, r // 2, r // 2, generator=g),
+            "boxes1": boxes,
+            "boxes2": boxes,
+            "boxes3": half,
+            "box_valid": torch.tensor([[True, False]]).repeat(b, 1),
+            "index": torch.arange(b),
+        }
+    masks = (torch.arange(r)[None, :, None] * 3 // r).expand(b, r, r).contiguous()
+    return {
+        "view1": torch.randn(b, 3, r, r, generator=g),
+        "view2": torch.randn(b, 3, r, r, generator=g),
+        "mask1": masks,
+        "mask2": masks.flip(1),
+        "index": torch.arange(b),
+        "step": 0,
+    }
+
+
+def test_registry_matches_config_group():
+    assert set(METHODS) == set(group_options("method"))
+    assert set(METHODS) == {"simclr", "byol", "mocov2", "vicreg", "detcon_s", "detcon_b", "soco"}
+
+
+def test_unknown_method_is_named():
+    cfg = compose(["backbone=tiny"])
+    cfg.method.name = "detcon_x"
+    with pytest.raises(UnknownMethodError, match="detcon_x"):
+        build_method(cfg.method, cfg.backbone, cfg.aug)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_each_method_trains_its_backbone(name):
+    torch.manual_seed(0)
+    _, method = tiny(name)
+    out = method(batch_for(method))
+    assert torch.isfinite(out["loss"]) and out["loss"].ndim == 0
+    out["loss"].backward()
+    grads = [p.grad for p in method.backbone.parameters()]
+    assert all(g is not None for g in grads) and any(float(g.abs().sum()) > 0 for g in grads)
+    if method.uses_ema:
+        target = [m for m, _ in method.targets][0]
+        before = [p.clone() for p in target.parameters()]
+        for p in method.backbone.parameters():  # pretend an optimiser step
+            p.data.add_(1.0)
+        logs = method.update_target(0, 10)
+        assert 0 < logs["ema_tau"] < 1
+        assert any(not torch.equal(a, b) for a, b in zip(before, target.parameters(), strict=True))
+        assert all(not p.requires_grad for p in target.parameters())
+
+
+def test_ema_schedule_endpoints():
+    assert ema_tau(0.996, 0, 100) == pytest.approx(0.996)
+    assert ema_tau(0.996, 100, 100) == pytest.approx(1.0)
+    assert ema_tau(0.996, 50, 100) == pytest.approx(0.998)
+
+
+def test_global_mask_detcon_s_equals_simclr():
+    """With one global mask (M=1) DetCon-S is SimCLR: loss = NT-Xent summed over both views."""
+    extra = ("method.num_masks=1", "method.temperature=0.2")
+    torch.manual_seed(0)
+    _, simclr = tiny("simclr", *extra, "method.proj_hidden=32", "method.proj_out=16")
+    torch.manual_seed(0)
+    _, detcon = tiny("detcon_s", *extra)
+    batch = batch_for(detcon)
+    batch["mask1"] = torch.zeros_like(batch["mask1"])
+    batch["mask2"] = torch.zeros_like(batch["mask2"])
+    assert float(detcon(batch)["loss"]) == pytest.approx(2 * float(simclr(batch)["loss"]), rel=1e-5)
+
+
+def test_global_mask_pooling_is_global_average_pooling():
+    """DetCon-B with a global mask pools exactly BYOL's features."""
+    _, method = tiny("detcon_b")
+    x = torch.randn(3, 3, 32, 32)
+    feats = method.backbone(x)
+    pooled = pool_masks(torch.zeros(3, 32, 32, dtype=torch.long), feats.shape[-2:])
+    ids, masks, _ = sample_mask_ids(pooled, pooled, 2)
+    assert torch.equal(ids, torch.zeros_like(ids))
+    got = mask_pool_features(feats, masks)  # [B, M, C]
+    assert torch.allclose(got[:, 0], method.backbone.pooled(x), atol=1e-6)
+
+
+def test_hashed_mask_samples_do_not_depend_on_batch_position():
+    masks = torch.randint(0, 9, (6, 32, 32))
+    pooled = pool_masks(masks, (4, 4))
+    index = torch.tensor([10, 11, 12, 13, 14, 15])
+    ids, _, _ = sample_mask_ids(pooled, pooled, 5, uniform=hashed_uniform(index, 7, 5))
+    perm = torch.tensor([3, 0, 5, 1, 4, 2])
+    ids_p, _, _ = sample_mask_ids(
+        pooled[perm], pooled[perm], 5, uniform=hashed_uniform(index[perm], 7, 5)
+    )
+    assert torch.equal(ids[perm], ids_p)
+    present = pooled.sum(-1) > 0  # every sampled id is present in the image
+    assert bool(present.gather(1, ids).all())
+    # roughly uniform over present ids across many keys
+    u = hashed_uniform(torch.arange(5000), 3, 4)
+    assert 0.45 < float(u.mean()) < 0.55 and float(u.min()) >= 0 and float(u.max()) < 1
