@@ -140,7 +140,6 @@ def export_command(cfg: DictConfig) -> int:
     out = Path(cfg.export_path or Path(state["path"]).with_name("backbone_torchvision.pt"))
     save_atomic(backbone.torchvision_state_dict(), out)
     print(f"wrote {out} ({state['method_name']}, step {state['step']}, {bb_cfg.name})")
-    print(
-        f"load with: torchvision.models.{bb_cfg.name}().load_state_dict(torch.load('{out}'), strict=False)"
-    )
+    print(f"load with: torchvision.models.{bb_cfg.name}().load_state_dict(torch.load('{out}'))")
+    print("(the 1000-way fc is torchvision's initialisation: pretraining does not train it)")
     return 0

@@ -110,21 +110,24 @@ class GlooSyncBatchNorm(torch.nn.BatchNorm2d):
             )
         from torch.distributed.nn.functional import all_reduce
 
+        # two passes (mean, then squared deviations), like a single process's batch norm:
+        # E[x^2] - E[x]^2 loses precision and makes N ranks drift from one process
         dims = [0, *range(2, x.dim())]
-        count = torch.tensor([x.numel() / x.size(1)], dtype=x.dtype, device=x.device)
-        stats = all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]))
         c = x.size(1)
+        count = torch.tensor([x.numel() / c], dtype=x.dtype, device=x.device)
+        stats = all_reduce(torch.cat([x.sum(dims), count]))
         n = stats[-1]
         mean = stats[:c] / n
-        var = stats[c : 2 * c] / n - mean * mean
+        shape = [1, c] + [1] * (x.dim() - 2)
+        centred = x - mean.view(shape)
+        var = all_reduce((centred * centred).sum(dims)) / n
         if self.track_running_stats:
             with torch.no_grad():
                 m = self.momentum if self.momentum is not None else 0.1
                 self.running_mean.mul_(1 - m).add_(m * mean.detach())
                 self.running_var.mul_(1 - m).add_(m * var.detach() * n / (n - 1))
                 self.num_batches_tracked += 1
-        shape = [1, c] + [1] * (x.dim() - 2)
-        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        y = centred * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
         return y

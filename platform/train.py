@@ -133,7 +133,7 @@ def train(
     # ---- model, data, optimiser, schedule (all validated before any step runs) -------
     method = build_method(cfg.method, cfg.backbone, cfg.aug).to(info.device)
     dataset, sampler, loader = build_loader(cfg, method.input_kind, info)
-    if info.distributed:
+    if info.distributed and cfg.backbone.sync_bn:
         method = distr.convert_sync_batchnorm(method, info.device)
     if tc.channels_last:
         method = method.to(memory_format=torch.channels_last)
@@ -213,7 +213,7 @@ def train(
             # data
             t0 = time.perf_counter()
             batch = to_device(next(stream), info.device, tc.channels_last)
-            batch["step"] = step
+            batch["step"], batch["seed"] = step, tc.seed
             wait_s += time.perf_counter() - t0
             # forward / backward / update
             model.train()
@@ -284,3 +284,18 @@ def train(
     logger.finish("FINISHED")
     distr.cleanup(info)
     return TrainResult("completed", step, logger.run_id, metrics, str(ckpt_path))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m detlab.platform.train [overrides]``: one process of a run, e.g. under
+    ``torchrun --nproc_per_node=N`` (which sets RANK / WORLD_SIZE / MASTER_ADDR ...)."""
+    import sys
+
+    from detlab.platform.compose import compose
+
+    result = train(compose(sys.argv[1:] if argv is None else argv))
+    return 0 if result.status == "completed" else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -29,3 +29,41 @@ def tiny_mask_sets(tiny_shapes, tmp_path_factory) -> dict[str, Path]:
         name: Path(generate(name, tiny_shapes, out / name, workers=1, progress=False))
         for name in ("fh", "ss", "gt")
     }
+
+
+TINY_TRAIN = [
+    "backbone=tiny",
+    "aug.resolution=32",
+    "train.batch_size=8",
+    "train.log_every=1",
+    "train.progress=false",
+    "optim=sgd",
+    "optim.lr=0.05",
+    "method.proj_hidden=64",
+    "method.proj_out=32",
+    "method.pred_hidden=64",
+    "method.num_masks=4",
+    "method.queue_size=64",
+    "method.fpn_channels=32",
+    "method.head_hidden=64",
+]
+
+
+@pytest.fixture
+def tiny_overrides(tiny_shapes):
+    """overrides(run_dir, *extra, method=, masks=, steps=) -> Hydra overrides of a tiny run
+    on ``tiny_shapes`` with its own MLflow SQLite store and output folder under run_dir."""
+
+    def make(run_dir, *extra: str, method="detcon_b", masks="global", steps=6) -> list[str]:
+        return [
+            f"method={method}",
+            f"masks={masks}",
+            f"data.root={tiny_shapes}",
+            f"train.steps={steps}",
+            f"train.out_dir={run_dir}/run",
+            f"tracking.uri=sqlite:///{run_dir}/mlflow.db",
+            *TINY_TRAIN,
+            *extra,
+        ]
+
+    return make
