@@ -50,14 +50,14 @@ class Backbone(tv.ResNet):
         self._norm_layer, self.groups, self.base_width, self.dilation = nn.BatchNorm2d, 1, 64, 1
         planes = [max(4, round(c * width)) for c in (64, 128, 256, 512)]
         self.inplanes = planes[0]
+        # stem, registered in execution order (conv, BN, ReLU, pool)
         if small_stem:
             self.conv1 = nn.Conv2d(3, planes[0], 3, stride=1, padding=1, bias=False)
-            self.maxpool = nn.Identity()
         else:
             self.conv1 = nn.Conv2d(3, planes[0], 7, stride=2, padding=3, bias=False)
-            self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.bn1 = nn.BatchNorm2d(planes[0])
         self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.Identity() if small_stem else nn.MaxPool2d(3, stride=2, padding=1)
         self.layer1 = self._make_layer(block, planes[0], layers[0])
         self.layer2 = self._make_layer(block, planes[1], layers[1], stride=2)
         self.layer3 = self._make_layer(block, planes[2], layers[2], stride=2)

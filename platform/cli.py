@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return export_command(cfg)
     if args.command == "eval":
-        from detlab.platform.evaluate import eval_command
+        from detlab.methods.eval.command import eval_command
 
         return eval_command(cfg)
     if args.command == "jobs":
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "sweep":
         from detlab.sweeps.driver import sweep_command
 
-        return sweep_command(cfg, sub=sub or "run", wait=args.wait)
+        return sweep_command(cfg, sub=sub or "run", wait=args.wait, overrides=overrides)
     raise AssertionError(args.command)
 
 

@@ -40,7 +40,11 @@ def group_options(group: str) -> list[str]:
 def _explain(overrides: Sequence[str], exc: Exception) -> str:
     """Turn a Hydra/OmegaConf failure into a message naming the key and the choices."""
     schema = OmegaConf.structured(Config)
-    for ov in OverridesParser.create().parse_overrides(list(overrides)):
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except Exception as parse_error:  # not even valid override syntax
+        return str(parse_error).strip()
+    for ov in parsed:
         key = ov.key_or_group
         if ov.is_add() or ov.is_delete():
             continue

@@ -192,3 +192,6 @@ def register_configs() -> None:
     cs.store(name="config_schema", node=Config)
     for group, schema in GROUPS.items():
         cs.store(group=group, name=f"{group}_schema", node=schema)
+    from detlab.sweeps.schema import SweepConfig
+
+    cs.store(group="sweep", name="sweep_schema", node=SweepConfig)

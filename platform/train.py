@@ -135,7 +135,10 @@ def train(
     dataset, sampler, loader = build_loader(cfg, method.input_kind, info)
     if info.distributed and cfg.backbone.sync_bn:
         method = distr.convert_sync_batchnorm(method, info.device)
-    if tc.channels_last:
+    # channels_last on CUDA only: torch's CPU kernels gain nothing from it, and torch 2.14's
+    # CPU conv backward segfaults on some channels_last shapes (seen at 64 px, batch 64)
+    channels_last = tc.channels_last and info.device.type == "cuda"
+    if channels_last:
         method = method.to(memory_format=torch.channels_last)
     model = (
         DistributedDataParallel(
@@ -212,7 +215,7 @@ def train(
         while step < tc.steps:
             # data
             t0 = time.perf_counter()
-            batch = to_device(next(stream), info.device, tc.channels_last)
+            batch = to_device(next(stream), info.device, channels_last)
             batch["step"], batch["seed"] = step, tc.seed
             wait_s += time.perf_counter() - t0
             # forward / backward / update

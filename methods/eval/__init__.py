@@ -1,0 +1,88 @@
+"""Downstream evaluation protocols on a pretrained backbone.
+
+``run_eval(eval_cfg, backbone, data_cfg, device)`` -> metrics prefixed by protocol
+(``knn_top1``, ``linear_top1``, ``seg_miou``, ``det_ap_bb`` ...). The dataset is checked
+for the labels a protocol needs before any compute.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+PROTOCOLS = ("knn", "linear", "seg", "det")
+NEEDS = {"knn": "has_labels", "linear": "has_labels", "seg": "has_semantic", "det": "has_instances"}
+WHAT = {"has_labels": "image-level labels", "has_semantic": "semantic masks",
+        "has_instances": "instance annotations"}  # fmt: skip
+
+
+class EvalError(ValueError):
+    """The protocol cannot run on this dataset / checkpoint (names what is missing)."""
+
+
+def open_splits(protocol: str, data, max_images: int | None):
+    from detlab.pipelines.datasets import open_dataset
+
+    limit = max_images if data.max_images is None else data.max_images
+    splits = [
+        open_dataset(data.root, split, format=data.format, max_images=limit)
+        for split in (data.train_split, data.val_split)
+    ]
+    need = NEEDS[protocol]
+    for images in splits:
+        if not getattr(images, need):
+            raise EvalError(
+                f"eval={protocol} needs {WHAT[need]}, but {images.root} ({images.format}, "
+                f"split {images.split}) has none"
+            )
+    return splits
+
+
+def run_eval(eval_cfg, backbone, data_cfg, device, out_dir: Path | None = None,
+             progress: bool = False) -> dict[str, float]:  # fmt: skip
+    """Run protocol ``eval_cfg.name``; visualisations go to ``out_dir`` when given."""
+    protocol = eval_cfg.name
+    if protocol not in PROTOCOLS:
+        raise EvalError(f"eval.name={protocol!r} is not one of {PROTOCOLS}")
+    train_images, val_images = open_splits(protocol, data_cfg, eval_cfg.max_images)
+    backbone = backbone.to(device)
+    if protocol in ("knn", "linear"):
+        from detlab.methods.data import EvalDataset
+        from detlab.methods.eval.features import extract_features
+
+        loaders = [
+            torch.utils.data.DataLoader(
+                EvalDataset(images, eval_cfg.resolution), batch_size=eval_cfg.batch_size
+            )
+            for images in (train_images, val_images)
+        ]
+        (ftr, ltr), (fva, lva) = (
+            extract_features(backbone, ld, device, progress) for ld in loaders
+        )
+        num_classes = len(train_images.classes)
+        if protocol == "knn":
+            from detlab.methods.eval.knn import knn_classify
+
+            res = knn_classify(
+                ftr, ltr, fva, lva, eval_cfg.k, eval_cfg.knn_temperature, num_classes
+            )
+        else:
+            from detlab.methods.eval.linear import linear_probe
+
+            res = linear_probe(ftr, ltr, fva, lva, num_classes, eval_cfg.epochs, eval_cfg.lr,
+                               eval_cfg.weight_decay)  # fmt: skip
+    elif protocol == "seg":
+        from detlab.methods.eval.seg import seg_probe
+
+        res = seg_probe(backbone, train_images, val_images, eval_cfg, device, progress)
+    else:
+        from detlab.methods.eval.det import det_finetune
+
+        res = det_finetune(backbone, train_images, val_images, eval_cfg, device, progress)
+    vis = res.pop("_vis", None)
+    if out_dir is not None and vis is not None:
+        from detlab.methods.eval.visualise import save_visualisation
+
+        save_visualisation(protocol, vis, Path(out_dir))
+    return {f"{protocol}_{k}": float(v) for k, v in res.items()}

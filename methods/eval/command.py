@@ -1,0 +1,56 @@
+"""`detlab eval eval=<protocol> checkpoint=<path | MLflow run id>`: evaluate a pretrained
+backbone and log the results into the pretraining run (one MLflow row per model)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+
+def eval_command(cfg: DictConfig) -> int:
+    from mlflow.tracking import MlflowClient
+
+    from detlab.methods.eval import EvalError, run_eval
+    from detlab.pipelines.datasets import DatasetError
+    from detlab.platform.checkpoint import CheckpointError, check_backbone, resolve
+    from detlab.platform.distributed import resolve_device
+
+    if not cfg.checkpoint:
+        print("detlab eval: set checkpoint=<path or MLflow run id>", file=sys.stderr)
+        return 2
+    try:  # everything checked before any compute
+        state = resolve(cfg.checkpoint, cfg.tracking.uri)
+        check_backbone(state, cfg.backbone)
+        from detlab.methods.eval import open_splits
+
+        open_splits(cfg.eval.name, cfg.data, cfg.eval.max_images)
+        from detlab.methods.backbones import build_backbone
+
+        backbone = build_backbone(cfg.backbone)
+        backbone.load_state_dict(state["backbone"])
+        device = resolve_device(cfg.train.device)
+        out_dir = Path(state["path"]).parent / "eval" / cfg.eval.name
+        t0 = time.time()
+        metrics = run_eval(cfg.eval, backbone, cfg.data, device, out_dir, progress=True)
+    except (CheckpointError, EvalError, DatasetError, FloatingPointError) as exc:
+        print(f"detlab eval: {exc}", file=sys.stderr)
+        return 2
+    seconds = time.time() - t0
+    print(
+        f"\n{cfg.eval.name} on {cfg.data.root} ({state.get('method_name')}, step {state.get('step')})"
+    )
+    for key, value in metrics.items():
+        print(f"  {key:<24} {value:.4f}")
+    run_id = state.get("run_id")
+    if run_id:
+        client = MlflowClient(cfg.tracking.uri)
+        for key, value in metrics.items():
+            client.log_metric(run_id, key, value, step=int(state.get("step") or 0))
+        client.set_tag(run_id, f"detlab.eval.{cfg.eval.name}", f"{seconds:.1f}s")
+        for path in sorted(out_dir.glob("*.png")):
+            client.log_artifact(run_id, str(path), f"eval/{cfg.eval.name}")
+        print(f"logged to MLflow run {run_id} ({cfg.tracking.uri})")
+    return 0

@@ -1,0 +1,248 @@
+"""A sweep worker: claim a trial -> compose its config -> pretrain (kNN reports feed the
+pruner) -> evaluate -> tell; until the study's trials are all done.
+
+Every trial is created up front by the driver (enqueued), so workers only ever *claim*
+waiting trials (an atomic WAITING -> RUNNING switch in the storage): the budget is exact and
+grid points run once however many workers there are. Workers beat a heartbeat into their
+running trial; a trial silent for 3 beats is failed by any other worker and re-enqueued
+(``RetryHeartbeatStaleTrialCallback``); its retry trains in the same folder (keyed by the first
+trial of the retry chain) and continues the same MLflow run, so it resumes from the last
+checkpoint instead of starting over.
+
+``python -m detlab.sweeps.worker --storage URL --study NAME --worker-id ID``
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import threading
+import time
+from pathlib import Path
+
+import optuna
+from omegaconf import OmegaConf
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from detlab.sweeps.optuna_setup import build_pruner, build_sampler
+from detlab.sweeps.space import compose_trial, merge_overrides, suggest, to_overrides
+from detlab.sweeps.storage import open_storage
+
+HEARTBEAT = "detlab_heartbeat"
+
+
+class Heartbeat:
+    """Writes a timestamp into the trial's system attrs every ``interval`` seconds."""
+
+    def __init__(self, storage, trial_id: int, interval: float):
+        self.storage, self.trial_id, self.interval = storage, trial_id, interval
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            # a trial finished meanwhile or a storage hiccup: try again at the next beat
+            with contextlib.suppress(Exception):
+                self.storage.set_trial_system_attr(self.trial_id, HEARTBEAT, time.time())
+            self.stop.wait(self.interval)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def fail_stale_trials(study: optuna.Study, grace_s: float, max_retries: int) -> list[int]:
+    """Fail RUNNING trials whose heartbeat is older than ``grace_s`` and re-enqueue them."""
+    failed = []
+    now = time.time()
+    retry = RetryHeartbeatStaleTrialCallback(
+        max_retry=max_retries, inherit_intermediate_values=True
+    )
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        beat = t.system_attrs.get(HEARTBEAT, t.datetime_start.timestamp())
+        if now - beat <= grace_s:
+            continue
+        try:
+            study._storage.set_trial_system_attr(t._trial_id, "fail_reason", "no heartbeat")
+            won = study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        except Exception:  # another worker failed it first
+            continue
+        if won:
+            retry(study, study._storage.get_trial(t._trial_id))
+            failed.append(t.number)
+    return failed
+
+
+def claim(study: optuna.Study) -> int | None:
+    """Atomically take one WAITING trial (WAITING -> RUNNING); None when there is none."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        try:
+            if study._storage.set_trial_state_values(t._trial_id, TrialState.RUNNING):
+                # a retry carries its failed parent's old heartbeat: renew it at once
+                study._storage.set_trial_system_attr(t._trial_id, HEARTBEAT, time.time())
+                return t._trial_id
+        except Exception:  # finished or claimed concurrently
+            continue
+    return None
+
+
+def root_number(trial: optuna.Trial) -> int:
+    """The first trial of a retry chain: retries train in its folder and MLflow run."""
+    frozen = trial.study._storage.get_trial(trial._trial_id)
+    history = RetryHeartbeatStaleTrialCallback.retry_history(frozen)
+    return history[0] if history else trial.number
+
+
+def objective_value(cfg, result, objective: str) -> tuple[float, dict[str, float]]:
+    """The final monitor metric, or a downstream protocol run on the trained backbone."""
+    if objective in result.metrics:
+        return float(result.metrics[objective]), {}
+    protocol = objective.split("_", 1)[0]
+    import torch
+
+    from detlab.methods.eval import run_eval
+    from detlab.platform.checkpoint import load_backbone
+
+    eval_cfg = OmegaConf.merge(cfg.eval, {"name": protocol})
+    backbone = load_backbone(result.checkpoint, cfg.backbone)
+    metrics = run_eval(eval_cfg, backbone, cfg.data, torch.device("cpu"))
+    if objective not in metrics:
+        raise KeyError(f"sweep.objective={objective} is not among {sorted(metrics)}")
+    return float(metrics[objective]), metrics
+
+
+def run_trial(study: optuna.Study, trial_id: int, worker_id: str) -> TrialState:
+    from mlflow.tracking import MlflowClient
+
+    from detlab.platform.tracking import create_run
+    from detlab.platform.train import train
+
+    attrs = study.user_attrs
+    sweep = OmegaConf.create(attrs["definition"])
+    out = Path(attrs["out_dir"])
+    study.sampler = build_sampler(sweep, study._storage.get_trial(trial_id).number)
+    trial = optuna.Trial(study, trial_id)
+    (out / "workers").mkdir(parents=True, exist_ok=True)
+    (out / "workers" / f"{worker_id}.json").write_text(json.dumps({"trial_id": trial_id}))
+    values = suggest(trial, sweep)
+    root = root_number(trial)
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    overrides = merge_overrides(
+        sweep.base_overrides,
+        attrs["overrides"],
+        to_overrides(values, sweep),
+        [
+            f"train.out_dir={out / 'trials' / str(root)}",
+            f"tracking.uri={attrs['tracking_uri']}",
+            f"tracking.experiment={attrs['experiment']}",
+            f"tracking.parent_run_id={attrs['parent_run_id']}",
+            f"tracking.run_name=trial-{root}",
+            "train.progress=false",
+        ],
+    )
+    cfg = compose_trial(overrides)
+    every = sweep.monitor_every or max(1, cfg.train.steps // 4)
+    cfg.train.knn_every = every
+    if run_id is None:
+        tags = {"optuna.trial": str(trial.number), "detlab.sweep": sweep.name}
+        run_id = create_run(cfg.tracking, tags)
+        trial.set_user_attr("mlflow_run_id", run_id)
+    cfg.tracking.run_id = run_id
+    client = MlflowClient(cfg.tracking.uri)
+    for name, value in values.items():
+        client.set_tag(run_id, f"param.{name}", str(value))
+    client.set_tag(run_id, "optuna.trial_number", str(trial.number))
+
+    def report(step: int, metrics: dict[str, float]) -> None:
+        if sweep.direction == "maximize" and "knn_top1" in metrics:
+            trial.report(metrics["knn_top1"], step)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at step {step}: knn_top1={metrics['knn_top1']}")
+
+    with Heartbeat(study._storage, trial_id, float(sweep.heartbeat_s)):
+        try:
+            result = train(cfg, on_metrics=report)
+            value, extra = objective_value(cfg, result, sweep.objective)
+        except optuna.TrialPruned:
+            study.tell(trial, state=TrialState.PRUNED)
+            client.set_tag(run_id, "optuna.state", "PRUNED")
+            return TrialState.PRUNED
+        except Exception as exc:
+            study._storage.set_trial_system_attr(trial_id, "fail_reason", f"{exc}"[:1000])
+            study.tell(trial, state=TrialState.FAIL)
+            client.set_tag(run_id, "optuna.state", "FAIL")
+            RetryHeartbeatStaleTrialCallback(sweep.max_retries, inherit_intermediate_values=True)(
+                study, study._storage.get_trial(trial_id)
+            )
+            print(f"[worker {worker_id}] trial {trial.number} failed: {exc}", flush=True)
+            return TrialState.FAIL
+    for k, v in extra.items():  # downstream metrics of the objective's protocol
+        client.log_metric(run_id, k, float(v))
+    study.tell(trial, value)
+    client.set_tag(run_id, "optuna.state", "COMPLETE")
+    client.log_metric(run_id, "objective", value)
+    update_parent(study, client)
+    print(f"[worker {worker_id}] trial {trial.number} {values} -> {value:.4f}", flush=True)
+    return TrialState.COMPLETE
+
+
+def update_parent(study: optuna.Study, client) -> None:
+    """Best value so far (one point per finished trial) and best params on the parent run."""
+    parent = study.user_attrs["parent_run_id"]
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not done:
+        return
+    best = study.best_trial
+    client.log_metric(parent, "best_value", best.value, step=len(done))
+    client.set_tag(parent, "best_params", json.dumps(best.params))
+    client.set_tag(parent, "best_trial", str(best.number))
+
+
+def work(storage_url: str, study_name: str, worker_id: str, poll_s: float = 2.0) -> dict:
+    """The worker loop; returns counts of what this worker did."""
+    storage = open_storage(storage_url)
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    sweep = study.user_attrs["definition"]
+    definition = OmegaConf.create(sweep)
+    study.sampler = build_sampler(definition)
+    study.pruner = build_pruner(definition, int(study.user_attrs["steps"]))
+    grace = 3 * float(sweep["heartbeat_s"])
+    done = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0}
+    state_file = Path(study.user_attrs["out_dir"]) / "workers" / f"{worker_id}.json"
+    resume = None
+    if state_file.exists():  # a requeued worker continues its own running trial
+        tid = json.loads(state_file.read_text())["trial_id"]
+        if study._storage.get_trial(tid).state == TrialState.RUNNING:
+            resume = tid
+    while True:
+        fail_stale_trials(study, grace, int(sweep["max_retries"]))
+        trial_id = resume if resume is not None else claim(study)
+        resume = None
+        if trial_id is not None:
+            done[run_trial(study, trial_id, worker_id).name] += 1
+            continue
+        if study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            time.sleep(poll_s)  # others may still die and leave retries behind
+            continue
+        return done
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--storage", required=True)
+    p.add_argument("--study", required=True)
+    p.add_argument("--worker-id", required=True)
+    args = p.parse_args(argv)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    print(f"[worker {args.worker_id}] done: {work(args.storage, args.study, args.worker_id)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

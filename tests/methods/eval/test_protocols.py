@@ -1,0 +1,143 @@
+"""Evaluation protocols: known-structure features, hand-built predictions and detections,
+tiny real runs on `shapes`, and metrics written into the pretraining MLflow run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from detlab.methods.eval import EvalError, run_eval
+from detlab.methods.eval.det import coco_ap
+from detlab.methods.eval.knn import knn_classify
+from detlab.methods.eval.linear import linear_probe
+from detlab.methods.eval.seg import confusion_matrix, miou
+from detlab.platform.compose import compose
+
+
+def clusters(n_per=40, classes=5, dim=16, seed=0, spread=0.3):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(classes, dim, generator=g) * 3
+    labels = torch.arange(classes).repeat_interleave(n_per)
+    feats = centres[labels] + spread * torch.randn(len(labels), dim, generator=g)
+    return feats, labels
+
+
+@pytest.mark.parametrize("probe", ["knn", "linear"])
+def test_probes_separate_clusters_and_fall_to_chance_on_shuffled_labels(probe):
+    ftr, ltr = clusters(seed=0)
+    fva, lva = clusters(seed=0, n_per=20)  # same centres, new noise
+    fva = fva + 0.3 * torch.randn(fva.shape, generator=torch.Generator().manual_seed(9))
+
+    def run(train_labels):
+        if probe == "knn":
+            return knn_classify(ftr, train_labels, fva, lva, k=10, num_classes=5)
+        return linear_probe(ftr, train_labels, fva, lva, 5, epochs=30, lr=0.1)
+
+    assert run(ltr)["top1"] > 0.95
+    shuffled = ltr[torch.randperm(len(ltr), generator=torch.Generator().manual_seed(1))]
+    assert run(shuffled)["top1"] < 0.45  # chance is 0.2
+
+
+def test_knn_matches_a_naive_loop():
+    g = torch.Generator().manual_seed(3)
+    ftr, fva = torch.randn(50, 8, generator=g), torch.randn(12, 8, generator=g)
+    ltr, lva = torch.randint(0, 4, (50,), generator=g), torch.randint(0, 4, (12,), generator=g)
+    k, t = 7, 0.1
+    correct = 0
+    for q, y in zip(fva, lva, strict=True):
+        sims = [float(torch.nn.functional.cosine_similarity(q, x, dim=0)) for x in ftr]
+        order = sorted(range(50), key=lambda i: -sims[i])[:k]
+        votes = [0.0] * 4
+        for i in order:
+            votes[int(ltr[i])] += float(np.exp(sims[i] / t))
+        correct += int(np.argmax(votes) == int(y))
+    got = knn_classify(ftr, ltr, fva, lva, k=k, temperature=t, num_classes=4, chunk=5)
+    assert got["top1"] == pytest.approx(correct / 12)
+
+
+def test_miou_on_hand_built_predictions():
+    target = torch.tensor([[0, 0, 1, 1], [0, 0, 1, 255]])
+    pred = torch.tensor([[0, 1, 1, 1], [0, 0, 1, 0]])
+    conf = confusion_matrix(pred, target, 3)
+    assert conf.tolist() == [[3, 1, 0], [0, 3, 0], [0, 0, 0]]
+    mean, per_class = miou(conf)
+    # class 0: 3 / (4 + 3 - 3) = 0.75; class 1: 3 / (3 + 4 - 3) = 0.75; class 2 absent
+    assert per_class[:2] == [0.75, 0.75] and np.isnan(per_class[2])
+    assert mean == pytest.approx(0.75)
+
+
+def _gt():
+    return {
+        "images": [{"id": 0, "height": 20, "width": 20}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 0,
+                "category_id": 1,
+                "bbox": [2, 2, 8, 8],
+                "area": 64.0,
+                "iscrowd": 0,
+            }
+        ],  # fmt: skip
+        "categories": [{"id": 1, "name": "square"}],
+    }
+
+
+def test_coco_ap_perfect_and_empty():
+    perfect = [{"image_id": 0, "category_id": 1, "bbox": [2, 2, 8, 8], "score": 0.9}]
+    assert coco_ap(_gt(), perfect, "bbox")["ap"] == pytest.approx(1.0)
+    assert coco_ap(_gt(), [], "bbox")["ap"] == 0.0
+    wrong = [{"image_id": 0, "category_id": 1, "bbox": [12, 12, 6, 6], "score": 0.9}]
+    assert coco_ap(_gt(), wrong, "bbox")["ap"] == 0.0
+
+
+def tiny_eval(root, protocol, *extra):
+    cfg = compose(["backbone=tiny", f"data.root={root}", f"eval={protocol}",
+                   "eval.resolution=48", *extra])  # fmt: skip
+    torch.manual_seed(0)
+    from detlab.methods.backbones import build_backbone
+
+    return cfg, build_backbone(cfg.backbone)
+
+
+def test_seg_probe_and_detection_run_on_shapes(tiny_shapes, tmp_path):
+    cfg, bb = tiny_eval(tiny_shapes, "seg", "eval.epochs=3")
+    seg = run_eval(cfg.eval, bb, cfg.data, torch.device("cpu"), out_dir=tmp_path)
+    assert 0.0 <= seg["seg_miou"] <= 1.0 and "seg_iou_circle" in seg
+    assert (tmp_path / "seg_predictions.png").stat().st_size > 1000
+    cfg, bb = tiny_eval(tiny_shapes, "det", "eval.steps=3", "eval.batch_size=2")
+    det = run_eval(cfg.eval, bb, cfg.data, torch.device("cpu"), out_dir=tmp_path)
+    for key in ("det_ap_bb", "det_ap50_bb", "det_ap75_bb", "det_ap_mk"):
+        assert 0.0 <= det[key] <= 1.0
+
+
+def test_protocol_needs_its_labels(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "val"):  # an ImageFolder: labels, but no masks or instances
+        for c in ("a", "b"):
+            (tmp_path / split / c).mkdir(parents=True)
+            Image.new("RGB", (16, 16), (10, 20, 30)).save(tmp_path / split / c / "x.png")
+    cfg, bb = tiny_eval(tmp_path, "seg", "data.format=imagefolder")
+    with pytest.raises(EvalError, match="eval=seg needs semantic masks"):
+        run_eval(cfg.eval, bb, cfg.data, torch.device("cpu"))
+
+
+def test_eval_by_run_id_logs_into_that_run(tiny_shapes, tiny_overrides, tmp_path, capsys):
+    from detlab.methods.eval.command import eval_command
+    from detlab.platform.train import train
+
+    pre = compose(tiny_overrides(tmp_path, method="byol", steps=1))
+    res = train(pre)
+    cfg = compose(["backbone=tiny", f"data.root={tiny_shapes}", "eval=knn", "eval.resolution=32",
+                   f"checkpoint={res.run_id}", f"tracking.uri={pre.tracking.uri}"])  # fmt: skip
+    assert eval_command(cfg) == 0
+    run = MlflowClient(pre.tracking.uri).get_run(res.run_id)
+    assert 0.0 <= run.data.metrics["knn_top1"] <= 1.0
+    assert "knn_top1" in capsys.readouterr().out
+    wrong = compose(["backbone=resnet18", f"data.root={tiny_shapes}", "eval=knn",
+                     f"checkpoint={res.run_id}", f"tracking.uri={pre.tracking.uri}"])  # fmt: skip
+    assert eval_command(wrong) == 2
+    assert "does not match backbone config" in capsys.readouterr().err

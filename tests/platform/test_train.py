@@ -1,0 +1,134 @@
+"""The training loop on tiny `shapes` data: every method, exact resume, NaN, export, bf16."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from mlflow.tracking import MlflowClient
+
+from detlab.methods.registry import METHODS
+from detlab.platform import checkpoint as ckpt
+from detlab.platform.checkpoint import export_command
+from detlab.platform.compose import compose
+from detlab.platform.train import NonFiniteLossError, train
+
+
+@pytest.fixture
+def tiny_cfg(tiny_overrides):
+    def make(data_root, run_dir, *extra: str, method="detcon_b", masks="global", steps=6):
+        return compose(tiny_overrides(run_dir, *extra, method=method, masks=masks, steps=steps))
+
+    return make
+
+
+def loss_history(cfg, run_id):
+    hist = MlflowClient(cfg.tracking.uri).get_metric_history(run_id, "loss")
+    return {m.step: m.value for m in hist}
+
+
+def method_masks(name, mask_sets):
+    if name == "soco":
+        return "ss", [f"masks.path={mask_sets['ss']}"]
+    if name.startswith("detcon"):
+        return "fh", [f"masks.path={mask_sets['fh']}"]
+    return "global", []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_trains_and_logs(name, tiny_shapes, tiny_mask_sets, tmp_path, tiny_cfg):
+    masks, extra = method_masks(name, tiny_mask_sets)
+    cfg = tiny_cfg(tiny_shapes, tmp_path, *extra, method=name, masks=masks, steps=4)
+    res = train(cfg)
+    assert res.status == "completed" and res.step == 4
+    losses = loss_history(cfg, res.run_id)
+    assert sorted(losses) == [1, 2, 3, 4]
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+    run = MlflowClient(cfg.tracking.uri).get_run(res.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["method.name"] == name
+    assert run.data.tags["detlab.data_fingerprint"]
+    for key in ("lr", "images_per_s", "data_wait_frac"):
+        assert key in run.data.metrics
+    state = ckpt.load(res.checkpoint)
+    assert state["step"] == 4 and state["method_name"] == name
+
+
+@pytest.mark.slow
+def test_loss_falls_over_a_short_run(tiny_shapes, tmp_path, tiny_cfg):
+    cfg = tiny_cfg(tiny_shapes, tmp_path, "optim.lr=0.2", method="byol", steps=40)
+    losses = list(loss_history(cfg, train(cfg).run_id).values())
+    assert sum(losses[-8:]) / 8 < sum(losses[:8]) / 8
+
+
+@pytest.mark.slow
+def test_resume_is_exact(tiny_shapes, tmp_path, tiny_cfg):
+    """Stopped at step 3 and resumed == never stopped: same losses, same final weights."""
+    straight = tiny_cfg(
+        tiny_shapes, tmp_path / "a", "train.checkpoint_every=100", method="detcon_b", steps=6
+    )
+    a = train(straight)
+    calls = {"n": 0}
+
+    def stop_after_3():
+        calls["n"] += 1
+        return calls["n"] == 3
+
+    stopped = tiny_cfg(
+        tiny_shapes, tmp_path / "b", "train.checkpoint_every=100", method="detcon_b", steps=6
+    )
+    b1 = train(stopped, stop_requested=stop_after_3)
+    assert b1.status == "stopped" and b1.step == 3
+    b2 = train(stopped)  # resumes from <out_dir>/checkpoint.pt, continues the same run
+    assert b2.status == "completed" and b2.run_id == b1.run_id
+    la, lb = loss_history(straight, a.run_id), loss_history(stopped, b2.run_id)
+    assert sorted(lb) == list(range(1, 7))
+    for step in range(1, 7):
+        assert la[step] == pytest.approx(lb[step], abs=0, rel=1e-6), step
+    sa, sb = ckpt.load(a.checkpoint)["method"], ckpt.load(b2.checkpoint)["method"]
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+
+
+def test_nan_loss_fails_run_with_reason(tiny_shapes, tmp_path, tiny_cfg):
+    cfg = tiny_cfg(tiny_shapes, tmp_path, "optim.lr=1e30", method="simclr", steps=6)
+    with pytest.raises(NonFiniteLossError, match="lower optim.lr"):
+        train(cfg)
+    client = MlflowClient(cfg.tracking.uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("pretrain").experiment_id])
+    assert run.info.status == "FAILED"
+    assert "NonFiniteLossError" in run.data.tags["failure_reason"]
+
+
+def test_bf16_autocast_runs_on_cpu(tiny_shapes, tmp_path, tiny_cfg):
+    cfg = tiny_cfg(
+        tiny_shapes,
+        tmp_path,
+        "train.precision=bf16",
+        "train.channels_last=true",
+        method="byol",
+        steps=2,
+    )
+    assert train(cfg).status == "completed"
+
+
+def test_export_loads_into_torchvision(tiny_shapes, tmp_path, tiny_cfg):
+    cfg = tiny_cfg(
+        tiny_shapes,
+        tmp_path,
+        "backbone.width=1.0",
+        "backbone.small_stem=false",
+        method="simclr",
+        steps=1,
+    )
+    res = train(cfg)
+    out = tmp_path / "bb.pt"
+    export = compose(
+        [f"checkpoint={res.run_id}", f"export_path={out}", f"tracking.uri={cfg.tracking.uri}"]
+    )
+    assert export_command(export) == 0
+    model = torchvision.models.resnet18()
+    model.load_state_dict(torch.load(out))  # strict: every key, every shape
+    trained = ckpt.load(res.checkpoint)["backbone"]
+    assert torch.equal(model.conv1.weight, trained["conv1.weight"])

@@ -1,0 +1,181 @@
+"""Sweeps end to end on real Optuna storage and MLflow: budget, grid, pruning, faults."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from detlab.platform.cli import main as cli
+from detlab.sweeps.storage import open_storage
+
+
+@pytest.fixture
+def sweep_args(tiny_overrides, tmp_path):
+    """CLI args of a tiny sweep run in tmp_path (trial settings + sweep overrides)."""
+
+    def make(*extra: str, name="t", steps=4) -> list[str]:
+        trial = tiny_overrides(tmp_path, method="detcon_b", masks="grid", steps=steps)
+        trial = [o for o in trial if not o.startswith(("train.out_dir", "masks="))]
+        return [
+            *trial,
+            "masks=grid",
+            "masks.path=null",
+            "train.knn_max_images=24",
+            f"sweep.name={name}",
+            f"sweep.out_dir={tmp_path}/sweeps/{name}",
+            "sweep.heartbeat_s=2",
+            *extra,
+        ]
+
+    return make
+
+
+def load(tmp_path, name="t") -> optuna.Study:
+    url = f"sqlite:///{tmp_path}/sweeps/{name}/optuna.db"
+    return optuna.load_study(study_name=name, storage=open_storage(url))
+
+
+def children(tmp_path, study) -> list:
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    parent = study.user_attrs["parent_run_id"]
+    exp = client.get_run(parent).info.experiment_id
+    return client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent}'")
+
+
+def test_validation_errors_name_the_key(sweep_args, capsys):
+    assert (
+        cli(["sweep", "sweep=temperature", *sweep_args("sweep.params.temperature.path=method.tmp")])
+        == 2
+    )
+    assert "method.tmp is not a config key" in capsys.readouterr().err
+    assert cli(["sweep", "sweep=temperature", *sweep_args("sweep.params.temperature.low=2.0")]) == 2
+    assert "needs low < high" in capsys.readouterr().err
+    assert cli(["sweep", "sweep=temperature", *sweep_args("sweep.params.temperature.low=0.0")]) == 2
+    assert "log scale needs low > 0" in capsys.readouterr().err
+    assert cli(["sweep", "sweep=mask_count", *sweep_args("sweep.grid=true")]) == 2
+    assert "grid sweeps need categorical" in capsys.readouterr().err
+    bad = "sweep.storage=postgresql://nobody@127.0.0.1:9/nothing"
+    assert cli(["sweep", "sweep=temperature", *sweep_args(bad)]) == 2
+    assert "is not reachable" in capsys.readouterr().err
+
+
+def test_sqlite_on_nfs_is_refused(monkeypatch, tmp_path):
+    from detlab.sweeps import storage
+    from detlab.sweeps.space import SweepError
+
+    monkeypatch.setattr(storage, "filesystem_type", lambda path: "nfs4")
+    with pytest.raises(SweepError, match="journal:"):
+        storage.open_storage(f"sqlite:///{tmp_path}/x.db")
+
+
+@pytest.mark.slow
+def test_six_trials_two_workers(sweep_args, tmp_path):
+    args = sweep_args("sweep.n_trials=6", "sweep.n_workers=2", "sweep.pruner=none")
+    assert cli(["sweep", "sweep=temperature", *args, "--wait"]) == 0
+    study = load(tmp_path)
+    trials = study.get_trials()
+    assert Counter(t.state for t in trials) == {TrialState.COMPLETE: 6}
+    assert len({t.params["temperature"] for t in trials}) == 6  # no trial ran twice
+    runs = children(tmp_path, study)
+    assert len(runs) == 6
+    by_id = {r.info.run_id: r for r in runs}
+    for t in trials:
+        run = by_id[t.user_attrs["mlflow_run_id"]]
+        assert float(run.data.params["method.temperature"]) == pytest.approx(
+            t.params["temperature"]
+        )
+        assert run.data.metrics["objective"] == pytest.approx(t.value)
+        assert run.info.status == "FINISHED"
+    # re-running the command on a finished study starts nothing new
+    assert cli(["sweep", "sweep=temperature", *args, "--wait"]) == 0
+    assert len(load(tmp_path).get_trials()) == 6
+
+
+@pytest.mark.slow
+def test_grid_runs_every_point_once(sweep_args, tmp_path):
+    args = sweep_args(
+        "sweep.n_workers=2",
+        "~sweep.params.masks",
+        "+sweep.params.mq={path: masks, type: categorical, choices: [grid, global]}",
+        "sweep.params.seed.choices=[0,1]",
+        "sweep.objective=knn_top1",
+        name="g",
+    )
+    assert cli(["sweep", "sweep=mask_quality_grid", *args, "--wait"]) == 0
+    trials = load(tmp_path, "g").get_trials()
+    points = sorted((t.params["mq"], t.params["seed"]) for t in trials)
+    assert points == [("global", 0), ("global", 1), ("grid", 0), ("grid", 1)]
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+
+
+@pytest.mark.slow
+def test_bad_trials_are_pruned(sweep_args, tmp_path):
+    """Trials whose kNN queries are the memory images themselves score ~1; trials queried
+    on the held-out split score far lower: those are pruned at their first report."""
+    args = sweep_args(
+        "sweep.n_workers=1",
+        "sweep.pruner=median",
+        "sweep.monitor_every=1",
+        "eval.k=1",  # a memory image's nearest neighbour is itself
+        "~sweep.params.resolution",
+        "~sweep.params.masks",
+        "+sweep.params.q={path: data.val_split, type: categorical, choices: [train, val]}",
+        "+sweep.params.seed={path: train.seed, type: categorical, choices: [0, 1, 2]}",
+        name="p",
+        steps=3,
+    )
+    assert cli(["sweep", "sweep=resolution_grid", *args, "sweep.objective=knn_top1", "--wait"]) == 0
+    trials = load(tmp_path, "p").get_trials()
+    states = {(t.params["q"], t.params["seed"]): t.state for t in trials}
+    assert all(states[("train", s)] == TrialState.COMPLETE for s in range(3)), states
+    assert all(states[("val", s)] == TrialState.PRUNED for s in range(3)), states
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert all(max(t.intermediate_values) == 1 for t in pruned)  # stopped at the first report
+
+
+@pytest.mark.slow
+def test_killed_worker_trial_is_retried(sweep_args, tmp_path):
+    args = sweep_args(
+        "sweep.n_trials=2",
+        "sweep.n_workers=1",
+        "sweep.pruner=none",
+        "train.checkpoint_every=5",
+        steps=40,
+    )
+    assert cli(["sweep", "sweep=temperature", *args]) == 0  # returns at once
+    study = load(tmp_path)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait for the first checkpoint of trial 0
+        if list((tmp_path / "sweeps/t/trials").glob("*/checkpoint.pt")):
+            break
+        time.sleep(0.5)
+    storage = f"{tmp_path}/sweeps/t/optuna.db"  # only this test's worker
+    ours = subprocess.run(["pgrep", "-f", storage], capture_output=True, text=True).stdout.split()
+    assert ours, "the worker should still be running"
+    for pid in ours:
+        os.kill(int(pid), signal.SIGKILL)
+    running = study.get_trials(states=(TrialState.RUNNING,))
+    assert len(running) == 1
+    # the same command again: a new worker fails the stale trial and retries it
+    assert cli(["sweep", "sweep=temperature", *args, "--wait"]) == 0
+    trials = load(tmp_path).get_trials()
+    states = Counter(t.state for t in trials)
+    assert states == {TrialState.COMPLETE: 2, TrialState.FAIL: 1}
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") is not None]
+    assert [t.system_attrs["failed_trial"] for t in retried] == [running[0].number]
+    # the retry continued the killed trial's MLflow run from its checkpoint
+    runs = children(tmp_path, study)
+    assert len(runs) == 2
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    killed_run = running[0].user_attrs["mlflow_run_id"]
+    history = [m.step for m in client.get_metric_history(killed_run, "loss")]
+    assert max(history) == 40
+    assert len(history) <= 40 + 5  # steps redone: at most one checkpoint interval
