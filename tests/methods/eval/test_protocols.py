@@ -33,7 +33,7 @@ def test_probes_separate_clusters_and_fall_to_chance_on_shuffled_labels(probe):
     def run(train_labels):
         if probe == "knn":
             return knn_classify(ftr, train_labels, fva, lva, k=10, num_classes=5)
-        return linear_probe(ftr, train_labels, fva, lva, 5, epochs=30, lr=0.1)
+        return linear_probe(ftr, train_labels, fva, lva, 5, epochs=50)
 
     assert run(ltr)["top1"] > 0.95
     shuffled = ltr[torch.randperm(len(ltr), generator=torch.Generator().manual_seed(1))]

@@ -1,0 +1,307 @@
+"""Where a run executes: in this process, through submitit's local executor, or as a
+(multi-node) SLURM job that checkpoints and requeues itself on timeout or preemption.
+
+Only this module knows about SLURM: the job callable turns submitit's environment into
+torch's standard variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) and
+calls ``train(cfg)``, which behaves exactly as it does locally.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import submitit
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from detlab.platform.compose import to_yaml
+
+
+def registry() -> Path:
+    """The list of submitted jobs (job id -> MLflow run, log): $DETLAB_HOME/jobs.jsonl."""
+    return Path(os.environ.get("DETLAB_HOME", Path.home() / ".detlab")) / "jobs.jsonl"
+
+
+class LaunchError(ValueError):
+    """A request the cluster cannot satisfy (names the offending key)."""
+
+
+# ------------------------------------------------------------------ pre-submit validation
+
+
+def _slurm_env(cluster: DictConfig) -> dict:
+    env = dict(os.environ)
+    if cluster.slurm_conf:
+        env["SLURM_CONF"] = str(cluster.slurm_conf)
+    return env
+
+
+def _run(cmd: list[str], cluster: DictConfig) -> str:
+    try:
+        out = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=30, env=_slurm_env(cluster)
+        )
+    except FileNotFoundError:
+        raise LaunchError(f"cluster=slurm but `{cmd[0]}` is not installed here") from None
+    if out.returncode:
+        raise LaunchError(f"`{' '.join(cmd)}` failed: {out.stderr.strip()}")
+    return out.stdout
+
+
+def parse_partitions(text: str) -> dict[str, dict]:
+    """`scontrol show partition -o` -> {name: {key: value}} (one partition per line)."""
+    parts = {}
+    for line in text.splitlines():
+        fields = dict(re.findall(r"(\S+?)=(\S*)", line))
+        if "PartitionName" in fields:
+            parts[fields["PartitionName"]] = fields
+    return parts
+
+
+def minutes(limit: str) -> float:
+    """SLURM time ([days-]hours:minutes:seconds, minutes, UNLIMITED) -> minutes."""
+    if limit in ("UNLIMITED", "INFINITE", ""):
+        return float("inf")
+    days, _, rest = limit.rpartition("-")
+    parts = [int(p) for p in rest.split(":")]
+    if len(parts) == 1:
+        h, m, s = 0, parts[0], 0
+    elif len(parts) == 2:
+        h, (m, s) = 0, parts
+    else:
+        h, m, s = parts
+    return (int(days or 0) * 24 + h) * 60 + m + s / 60
+
+
+def check_request(cluster: DictConfig, partitions: dict[str, dict], gpus_per_node: dict) -> str:
+    """The partition to use; LaunchError naming the key that does not fit."""
+    if not partitions:
+        raise LaunchError("the SLURM cluster reports no partitions")
+    name = cluster.partition
+    if name is None:
+        defaults = [p for p, f in partitions.items() if f.get("Default") == "YES"]
+        name = defaults[0] if defaults else next(iter(partitions))
+    if name not in partitions:
+        raise LaunchError(
+            f"cluster.partition={name} does not exist; partitions: {sorted(partitions)}"
+        )
+    part = partitions[name]
+    total = int(part.get("TotalNodes", 0))
+    if cluster.nodes > total:
+        raise LaunchError(f"cluster.nodes={cluster.nodes} but partition {name} has {total} nodes")
+    limit = minutes(part.get("MaxTime", "UNLIMITED"))
+    if cluster.time_min > limit:
+        raise LaunchError(
+            f"cluster.time_min={cluster.time_min} exceeds partition {name}'s MaxTime={part['MaxTime']}"
+        )
+    if cluster.gpus_per_node:
+        most = max(gpus_per_node.values() or [0])
+        if cluster.gpus_per_node > most:
+            raise LaunchError(
+                f"cluster.gpus_per_node={cluster.gpus_per_node} but the nodes of {name} have at most {most} GPUs"
+            )
+    return name
+
+
+def validate_slurm(cluster: DictConfig) -> str:
+    partitions = parse_partitions(_run(["scontrol", "show", "partition", "-o"], cluster))
+    gres = _run(["sinfo", "-h", "-N", "-o", "%N %G"], cluster)
+    gpus = {}
+    for line in gres.splitlines():
+        node, _, g = line.partition(" ")
+        found = re.search(r"gpu(?::[^:(\s]+)?:(\d+)", g)
+        gpus[node] = int(found.group(1)) if found else 0
+    return check_request(cluster, partitions, gpus)
+
+
+# ------------------------------------------------------------------------- the job
+
+
+class PretrainJob(submitit.helpers.Checkpointable):
+    """A pretraining job: checkpoints and requeues on USR2 (time limit), checkpoints on
+    SIGTERM (preemption, `scontrol requeue`: SLURM requeues it), resumes from the checkpoint
+    and continues the same MLflow run."""
+
+    def __call__(self, cfg_yaml: str):
+        from detlab.platform.train import train
+
+        cfg = OmegaConf.create(cfg_yaml)
+        env = submitit.JobEnvironment()
+        os.environ.update(
+            RANK=str(env.global_rank),
+            WORLD_SIZE=str(env.num_tasks),
+            LOCAL_RANK=str(env.local_rank),
+            MASTER_ADDR=env.hostnames[0],
+            MASTER_PORT=str(20000 + int(str(env.job_id).split("_")[0]) % 20000),
+        )
+        got: dict[str, int] = {}
+
+        def on_signal(signum, frame):  # noqa: ARG001 (signal handler signature)
+            got.setdefault("signal", signum)
+
+        signal.signal(signal.SIGUSR2, on_signal)  # replaces submitit's: we stop at a step
+        signal.signal(signal.SIGTERM, on_signal)
+        node = os.environ.get("SLURMD_NODENAME", env.hostname)
+        print(f"rank {env.global_rank}/{env.num_tasks} on {node} (job {env.job_id})",
+              flush=True)  # fmt: skip
+        result = train(cfg, stop_requested=lambda: "signal" in got)
+        if result.status == "stopped" and env.global_rank == 0:
+            from detlab.platform import checkpoint as ckpt
+
+            requeues = ckpt.load(result.checkpoint).get("requeues", 0)
+            if got.get("signal") == signal.SIGUSR2:
+                if requeues >= cfg.cluster.max_requeues:
+                    raise RuntimeError(f"cluster.max_requeues={cfg.cluster.max_requeues} reached")
+                subprocess.run(["scontrol", "requeue", str(env.job_id)], check=False)
+            time.sleep(3600)  # SLURM ends and requeues the job; no result is written
+        return result
+
+    def checkpoint(self, *args, **kwargs):  # only reached if our handlers were not set
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+def build_executor(cluster: DictConfig, folder: Path, name: str) -> submitit.Executor:
+    """submitit's SLURM executor with the cluster group's resources."""
+    os.environ.update(_slurm_env(cluster))
+    ex = submitit.AutoExecutor(folder=str(folder / "%j"), cluster="slurm")
+    extra = {k: v for k, v in {"account": cluster.account, "qos": cluster.qos,
+                               "constraint": cluster.constraint}.items() if v}  # fmt: skip
+    ex.update_parameters(
+        name=name,
+        nodes=cluster.nodes,
+        tasks_per_node=cluster.tasks_per_node,
+        cpus_per_task=cluster.cpus_per_task,
+        gpus_per_node=cluster.gpus_per_node or None,
+        timeout_min=cluster.time_min,
+        slurm_partition=cluster.partition,
+        slurm_signal_delay_s=cluster.signal_delay_s,
+        slurm_setup=list(cluster.setup),
+        slurm_srun_args=list(cluster.srun_args),
+        slurm_additional_parameters=extra,
+        **({"mem_gb": cluster.mem_gb} if cluster.mem_gb else {}),
+    )
+    return ex
+
+
+def register(entry: dict) -> None:
+    registry().parent.mkdir(parents=True, exist_ok=True)
+    with registry().open("a") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+def submit(cfg: DictConfig):
+    """Validate, create the MLflow run, submit; returns (job, run_id)."""
+    from detlab.platform.tracking import create_run
+
+    partition = validate_slurm(cfg.cluster)
+    cfg = OmegaConf.merge(cfg, {"cluster": {"partition": partition}})
+    if not cfg.tracking.run_id:  # created here so a requeued job never makes a second one
+        run_id = create_run(cfg.tracking, {"launcher": "slurm", "method": cfg.method.name})
+        cfg = OmegaConf.merge(cfg, {"tracking": {"run_id": run_id}})
+    out_dir = Path(cfg.train.out_dir).resolve()
+    cfg = OmegaConf.merge(cfg, {"train": {"out_dir": str(out_dir), "progress": False}})
+    ex = build_executor(
+        cfg.cluster, Path(cfg.cluster.log_dir).resolve(), f"detlab-{cfg.method.name}"
+    )
+    job = ex.submit(PretrainJob(), to_yaml(cfg))
+    register({"job_id": job.job_id, "run_id": cfg.tracking.run_id, "uri": cfg.tracking.uri,
+              "log": str(job.paths.stdout).replace("%t", "0"), "out_dir": str(out_dir),
+              "method": cfg.method.name, "submitted": time.time()})  # fmt: skip
+    return job, cfg.tracking.run_id
+
+
+def sacct_state(job_id: str, cluster: DictConfig) -> str:
+    out = _run(["sacct", "-j", str(job_id), "-X", "-n", "-P", "-o", "State"], cluster)
+    states = [s.split()[0] for s in out.split() if s]
+    return states[-1] if states else "UNKNOWN"
+
+
+def follow(job, run_id: str, cfg: DictConfig) -> str:
+    """Wait for the job's final SLURM state (through requeues) with a progress bar."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(cfg.tracking.uri)
+    bar = tqdm(total=cfg.train.steps, desc=f"job {job.job_id}", unit="step")
+    state = "PENDING"
+    while True:
+        state = sacct_state(job.job_id, cfg.cluster)
+        hist = client.get_metric_history(run_id, "loss") if run_id else []
+        bar.n = max([m.step for m in hist], default=0)
+        bar.set_postfix(state=state)
+        bar.refresh()
+        if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL"):
+            bar.close()
+            return state
+        time.sleep(2)
+
+
+def submit_and_wait(cfg: DictConfig) -> str:
+    """For DVC study cells: submit, follow to the end, return the MLflow run id."""
+    job, run_id = submit(cfg)
+    state = follow(job, run_id, cfg)
+    if state != "COMPLETED":
+        raise RuntimeError(f"SLURM job {job.job_id} ended {state}: see {job.paths.stdout}")
+    return run_id
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+def run_local(cfg: DictConfig) -> int:
+    from detlab.platform.train import train
+
+    stop = {}
+    for sig in (signal.SIGTERM, signal.SIGUSR2):
+        signal.signal(sig, lambda s, f: stop.setdefault("signal", s))
+    result = train(cfg, stop_requested=lambda: "signal" in stop)
+    print(f"{result.status} at step {result.step}: checkpoint {result.checkpoint}, "
+          f"MLflow run {result.run_id} ({cfg.tracking.uri})")  # fmt: skip
+    return 0 if result.status == "completed" else 1
+
+
+def pretrain_command(cfg: DictConfig, wait: bool = False) -> int:
+    if cfg.cluster.name != "slurm":
+        if cfg.cluster.executor == "submitit":
+            ex = submitit.LocalExecutor(folder=str(Path(cfg.cluster.log_dir) / "%j"))
+            ex.update_parameters(timeout_min=cfg.cluster.time_min)
+            job = ex.submit(run_local, cfg)
+            print(f"local job {job.job_id}: logs {job.paths.stdout}")
+            return job.result() if wait else 0
+        return run_local(cfg)
+    try:
+        job, run_id = submit(cfg)
+    except LaunchError as exc:
+        print(f"detlab pretrain: {exc}", file=sys.stderr)
+        return 2
+    print(f"submitted SLURM job {job.job_id} ({cfg.cluster.nodes} node(s))")
+    print(f"  logs:   {job.paths.stdout}".replace("%t", "0"))
+    print(f"  MLflow: run {run_id} at {cfg.tracking.uri}")
+    print("  follow: detlab jobs   (or rerun with --wait)")
+    if wait:
+        state = follow(job, run_id, cfg)
+        print(f"job {job.job_id}: {state}")
+        return 0 if state == "COMPLETED" else 1
+    return 0
+
+
+def jobs_command(cfg: DictConfig) -> int:
+    """detlab's jobs with their SLURM state (sacct), MLflow run and log path."""
+    if not registry().exists():
+        print("no detlab jobs submitted yet")
+        return 0
+    entries = [json.loads(line) for line in registry().read_text().splitlines() if line.strip()]
+    print(f"{'job':>8}  {'state':<12} {'method':<10} {'MLflow run':<34} log")
+    for e in entries[-50:]:
+        try:
+            state = sacct_state(e["job_id"], cfg.cluster)
+        except LaunchError:
+            state = "UNKNOWN"
+        print(f"{e['job_id']:>8}  {state:<12} {e['method']:<10} {e['run_id']:<34} {e['log']}")
+    return 0
