@@ -128,24 +128,27 @@ def start_local_workers(study, url: str, n: int, out_dir: Path) -> list[subproce
     return procs
 
 
-def start_slurm_workers(study, url: str, cfg: DictConfig, n: int, out_dir: Path) -> list[str]:
+def start_slurm_workers(study, url: str, cfg: DictConfig, n: int, out_dir: Path) -> list:
     """A job array of ``n`` workers; each task is a SLURM job with the trial's resources."""
-    from detlab.platform.launch import build_executor
+    from detlab.platform.launch import build_executor, validate_slurm
     from detlab.sweeps.slurm_worker import SweepWorkerJob
+
+    partition = validate_slurm(cfg.cluster)  # impossible requests fail before submission
+    cluster = OmegaConf.merge(cfg.cluster, {"partition": partition})
 
     if cfg.cluster.nodes * cfg.cluster.tasks_per_node > 1:
         raise SweepError(
             "multi-task trials (cluster.nodes x cluster.tasks_per_node > 1) are not supported "
             "by sweep workers yet: give each trial one task (it may use several GPUs)"
         )
-    executor = build_executor(cfg.cluster, out_dir / "slurm", name=f"sweep-{study.study_name}")
-    jobs = executor.map_array(
+    executor = build_executor(cluster, out_dir / "slurm", name=f"sweep-{study.study_name}")
+    return executor.map_array(
         SweepWorkerJob(url, study.study_name), [f"slurm-{i}" for i in range(n)]
     )
-    return [j.job_id for j in jobs]
 
 
-def follow(study: optuna.Study, procs=None) -> None:
+def follow(study: optuna.Study, workers_alive) -> None:
+    """Progress bar until no trial is waiting or running and no worker is alive."""
     total = len(study.get_trials(deepcopy=False)) or 1
     with tqdm(total=total, desc=f"sweep {study.study_name}", unit="trial") as bar:
         while True:
@@ -155,11 +158,11 @@ def follow(study: optuna.Study, procs=None) -> None:
             bar.n = done
             bar.refresh()
             active = any(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in trials)
-            alive = procs is not None and any(p.poll() is None for p in procs)
+            alive = workers_alive()
             if not active and not alive:
                 return
-            if procs is not None and not alive and active:
-                raise SweepError("all local workers exited while trials remain: see workers/*.log")
+            if not alive and active:
+                raise SweepError("all workers ended while trials remain: see the worker logs")
             time.sleep(1.0)
 
 
@@ -238,6 +241,8 @@ def sweep_command(cfg: DictConfig, sub: str = "run", wait: bool = False, overrid
     except SweepError as exc:
         print(f"detlab sweep: {exc}", file=sys.stderr)
         return 2
+    from detlab.platform.launch import LaunchError
+
     out_dir = Path(study.user_attrs["out_dir"])
     left = sum(
         t.state in (TrialState.WAITING, TrialState.RUNNING)
@@ -254,15 +259,26 @@ def sweep_command(cfg: DictConfig, sub: str = "run", wait: bool = False, overrid
         print(work(url, sweep.name, "inline"))
         return 0
     if cfg.cluster.name == "slurm":
-        job_ids = start_slurm_workers(study, url, cfg, n, out_dir)
-        print(f"submitted worker job array: {', '.join(job_ids)}")
-        procs = None
+        try:
+            jobs = start_slurm_workers(study, url, cfg, n, out_dir)
+        except LaunchError as exc:
+            print(f"detlab sweep: {exc}", file=sys.stderr)
+            return 2
+        print(f"submitted worker job array: {', '.join(j.job_id for j in jobs)}")
+        print(f"  logs: {out_dir / 'slurm'}")
+
+        def alive() -> bool:
+            return any(not j.done() for j in jobs)
     else:
         procs = start_local_workers(study, url, n, out_dir)
         print(f"started local workers: pids {[p.pid for p in procs]} (logs {out_dir}/workers)")
+
+        def alive() -> bool:
+            return any(p.poll() is None for p in procs)
+
     print(f"watch: detlab sweep status sweep={sweep.name}")
     if wait:
-        follow(study, procs)
+        follow(study, alive)
         info = status(study)
         print_status(info)
         failed = info["states"].get("WAITING", 0) + info["states"].get("RUNNING", 0)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
 from collections import Counter
+from pathlib import Path
 
 import optuna
 import pytest
@@ -179,3 +181,21 @@ def test_killed_worker_trial_is_retried(sweep_args, tmp_path):
     history = [m.step for m in client.get_metric_history(killed_run, "loss")]
     assert max(history) == 40
     assert len(history) <= 40 + 5  # steps redone: at most one checkpoint interval
+
+
+@pytest.mark.slurm
+@pytest.mark.skipif(shutil.which("sinfo") is None, reason="slurm-wlm is not installed")
+def test_slurm_job_array_runs_the_study(sweep_args, tmp_path, monkeypatch):
+    conf = Path(os.environ.get("DETLAB_SLURM_DIR", "/tmp/detlab-slurm")) / "etc/slurm.conf"
+    monkeypatch.setenv("SLURM_CONF", str(conf))
+    args = sweep_args(
+        "sweep.n_trials=2", "sweep.n_workers=2", "sweep.pruner=none", "cluster=slurm",
+        f"cluster.slurm_conf={conf}", "cluster.time_min=10", "cluster.cpus_per_task=1",
+        name="s",
+    )  # fmt: skip
+    assert cli(["sweep", "sweep=temperature", *args, "--wait"]) == 0
+    study = load(tmp_path, "s")
+    assert Counter(t.state for t in study.get_trials()) == {TrialState.COMPLETE: 2}
+    logs = " ".join(p.read_text() for p in (tmp_path / "sweeps/s/slurm").rglob("*_log.out"))
+    assert logs.count("-> ") == 2  # each finished trial reported by a SLURM worker
+    assert len(children(tmp_path, study)) == 2
