@@ -105,6 +105,31 @@ def verdict(ok: bool | None) -> str:
     return {True: "reproduced", False: "NOT reproduced", None: "not measured"}[ok]
 
 
+def graded(effect: float, noise: float) -> str:
+    """An effect in the paper's direction counts only when it exceeds the noise."""
+    if abs(effect) <= noise:
+        return "inconclusive (within the seed spread)"
+    return verdict(effect > 0)
+
+
+def correlation_verdict(
+    rho: float, p: float, spread: float = float("inf"), noise: float = 0.0, alpha: float = 0.1
+) -> str:
+    """A rank correlation counts when significant AND the metric's range across mask
+    sources exceeds the seed-to-seed noise (a perfect ranking of noise-sized gaps is not
+    evidence)."""
+    if p >= alpha or rho != rho:  # not significant, or undefined (constant metric)
+        return f"inconclusive (not significant at p < {alpha})"
+    if spread <= noise:
+        return "inconclusive (range across mask sources within the seed spread)"
+    return verdict(rho > 0)
+
+
+def seed_noise(s: dict, key: str) -> float:
+    """Mean seed standard deviation of ``key`` over the mask-quality rows."""
+    return float(np.mean([row[key]["std"] for row in s["rows"].values()]))
+
+
 def mask_quality_markdown(s: dict) -> str:
     keys = s["metrics"]
     lines = [
@@ -129,23 +154,28 @@ def mask_quality_markdown(s: dict) -> str:
     for k in keys:
         sp = s["findings"].get(f"spearman_abo_{k}")
         if sp:
-            ok = sp["rho"] > 0
+            means = [row[k]["mean"] for m, row in s["rows"].items() if m != GLOBAL]
+            spread, noise = max(means) - min(means), seed_noise(s, k)
             lines.append(
                 f"- Better masks -> better {METRIC_NAMES[k]}: Spearman rho(abo, metric) = "
-                f"{sp['rho']:.2f} over {sp['n']} mask sources (p = {sp['p']:.2f}): "
-                f"**{verdict(ok)}**."
+                f"{sp['rho']:.2f} over {sp['n']} mask sources (p = {sp['p']:.2f}; range "
+                f"{spread:.4f} vs mean seed std {noise:.4f}): "
+                f"**{correlation_verdict(sp['rho'], sp['p'], spread, noise)}**."
             )
         dg = s["findings"].get(f"detcon_minus_global_{k}")
         if dg:
+            noise = seed_noise(s, k)
             lines.append(
                 f"- DetCon over the global baseline on {METRIC_NAMES[k]}: best mask source "
                 f"({dg['best_mask']}) {dg['delta_best']:+.4f}, average over mask sources "
-                f"{dg['delta_mean']:+.4f}: **{verdict(dg['delta_mean'] > 0)}**."
+                f"{dg['delta_mean']:+.4f} (mean seed std {noise:.4f}): "
+                f"**{graded(dg['delta_mean'], noise)}**."
             )
     return "\n".join(lines) + "\n"
 
 
-def resolution_markdown(s: dict) -> str:
+def resolution_markdown(s: dict, noise: dict[str, float] | None = None) -> str:
+    """``noise``: per-metric seed std (from the mask-quality study) to judge the gains."""
     keys = s["metrics"]
     lines = [
         "# Resolution study",
@@ -181,13 +211,17 @@ def resolution_markdown(s: dict) -> str:
         }
         if not gains:
             continue
-        helps_all = all(g > 0 for g in gains.values())
-        gt_most = "gt" in gains and max(gains, key=gains.get) == "gt"
+        eps = (noise or {}).get(k, 0.0)
+        helps = graded(min(gains.values()), eps) if eps else verdict(min(gains.values()) > 0)
+        gt_most = "not measured"
+        if "gt" in gains and len(gains) > 1:
+            margin = gains["gt"] - max(g for m, g in gains.items() if m != "gt")
+            gt_most = graded(min(margin, gains["gt"]), eps) if eps else verdict(margin > 0)
         desc = ", ".join(f"{m} {g:+.4f}" for m, g in gains.items())
         lines.append(
-            f"- {METRIC_NAMES[k]}, lowest -> highest resolution: {desc}. Higher resolution "
-            f"helps every mask source: **{verdict(helps_all)}**; gt masks gain most: "
-            f"**{verdict(gt_most) if 'gt' in gains else 'not measured'}**."
+            f"- {METRIC_NAMES[k]}, lowest -> highest resolution: {desc} (seed std "
+            f"{eps:.4f}). Higher resolution helps every mask source: **{helps}**; gt masks "
+            f"gain most: **{gt_most}**."
         )
     return "\n".join(lines) + "\n"
 
@@ -258,7 +292,11 @@ def write_report(metrics_root: Path, out: Path) -> dict:
     res_cells = load_cells(metrics_root, "resolution")
     if res_cells:
         s = summarise_resolution(res_cells)
-        (out / "resolution.md").write_text(resolution_markdown(s))
+        noise = {}
+        if mq_cells:
+            mq = summarise_mask_quality(mq_cells)
+            noise = {k: seed_noise(mq, k) for k in mq["metrics"]}
+        (out / "resolution.md").write_text(resolution_markdown(s, noise))
         plot_resolution(s, out / "resolution.png")
         flat = [
             {"mask": c["mask"], "seed": c["seed"], "resolution": c["resolution"], **c["metrics"]}

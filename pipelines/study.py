@@ -7,8 +7,8 @@ The cell's settings come from ``params.yaml`` (key ``studies``): overrides share
 cell, the study's own, and the cell's (``studies.<study>.cells.<mask>``), so changing one
 mask source's overrides reruns only its cells. Pretraining runs where ``studies.cluster``
 says (local in-process by default; ``slurm`` submits and waits). The checkpoint folder is
-keyed by a hash of the cell's overrides, so a failed or killed cell resumes from its last
-checkpoint, while a changed cell starts afresh. Output: ``metrics/studies/<study>/<cell>.json``.
+keyed by a hash of the cell's overrides and the training code, so a failed or killed cell resumes from its last
+checkpoint, while a changed cell (or changed training code) starts afresh. Output: ``metrics/studies/<study>/<cell>.json``.
 """
 
 from __future__ import annotations
@@ -26,6 +26,19 @@ from detlab.platform.config import TrackingConfig
 from detlab.platform.tracking import RunLogger, create_run
 
 BASELINE = {"global": "method=byol"}  # the global-mask cell is the image-level baseline
+
+
+def code_fingerprint() -> str:
+    """Hash of the training code (detlab.methods, detlab.platform): a cell rerun by DVC
+    because the code changed trains afresh, a killed cell with the same code resumes."""
+    import importlib
+
+    h = hashlib.sha256()
+    for name in ("detlab.methods", "detlab.platform"):
+        for root in importlib.import_module(name).__path__:
+            for f in sorted(Path(root).rglob("*.py")):
+                h.update(f.relative_to(root).as_posix().encode() + f.read_bytes())
+    return h.hexdigest()
 
 
 def cell_name(study: str, mask: str, seed: int, resolution: int | None) -> str:
@@ -120,7 +133,7 @@ def run_cell(
     resolution = int(resolution or st[study]["resolution"])
     name = cell_name(study, mask, seed, resolution)
     overrides = cell_overrides(params, study, mask, seed, resolution)
-    key = hashlib.sha256("\n".join(overrides).encode()).hexdigest()[:8]
+    key = hashlib.sha256("\n".join([*overrides, code_fingerprint()]).encode()).hexdigest()[:8]
     tracking_uri = st.get("tracking_uri", "sqlite:///mlflow.db")
     tracking = TrackingConfig(uri=tracking_uri, experiment=f"study-{study}")
     parent = parent_run(tracking, study)

@@ -61,6 +61,16 @@ class Method(nn.Module):
         self.targets.append((target, online))
         return target
 
+    def add_byol_networks(self) -> None:
+        """BYOL / DetCon-B: online projector + predictor, EMA copies of encoder and projector."""
+        from detlab.methods.heads import mlp
+
+        m = self.cfg
+        self.projector = mlp(self.encoder.out_channels, m.proj_hidden, m.proj_out)
+        self.predictor = mlp(m.proj_out, m.pred_hidden, m.proj_out)
+        self.target_encoder = self.add_target(self.encoder)
+        self.target_projector = self.add_target(self.projector)
+
     def tau(self, step: int, total_steps: int) -> float:
         return ema_tau(self.cfg.ema_base, step, total_steps)
 

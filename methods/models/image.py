@@ -39,10 +39,7 @@ class BYOL(Method):
 
     def __init__(self, m: MethodConfig, b: BackboneConfig, aug: AugConfig):
         super().__init__(m, b, aug)
-        self.projector = mlp(self.encoder.out_channels, m.proj_hidden, m.proj_out)
-        self.predictor = mlp(m.proj_out, m.pred_hidden, m.proj_out)
-        self.target_encoder = self.add_target(self.encoder)
-        self.target_projector = self.add_target(self.projector)
+        self.add_byol_networks()
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         # each view is its own forward pass (own BN statistics), as in the official BYOL

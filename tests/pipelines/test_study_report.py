@@ -84,3 +84,14 @@ def test_resolution_trend(tmp_path):
         json.loads((tmp_path / "r" / "plots" / "resolution.json").read_text())[0]["resolution"]
         == 32
     )
+
+
+def test_verdicts_need_effects_beyond_the_noise():
+    from detlab.pipelines.report import correlation_verdict, graded
+
+    assert graded(0.05, 0.01) == "reproduced"
+    assert graded(-0.05, 0.01) == "NOT reproduced"
+    assert graded(0.005, 0.01).startswith("inconclusive")
+    assert correlation_verdict(0.9, 0.01) == "reproduced"
+    assert correlation_verdict(-0.9, 0.01) == "NOT reproduced"
+    assert correlation_verdict(0.9, 0.3).startswith("inconclusive")

@@ -140,3 +140,27 @@ def test_failing_job_is_failed_in_sacct_and_mlflow(slurm_cfg):
 def test_impossible_requests_are_refused_before_submission(slurm_cfg, extra, message):
     with pytest.raises(LaunchError, match=message):
         submit(slurm_cfg(*extra))
+
+
+def test_time_limit_checkpoints_requeues_and_completes(slurm_cfg):
+    """USR2 arrives `signal_delay_s` before the 1-minute limit: the job stops at a step
+    boundary, requeues itself and the next run continues from that step."""
+    cfg = slurm_cfg(
+        "cluster.time_min=1",
+        "cluster.signal_delay_s=35",
+        "train.checkpoint_every=1000",
+        "cluster.max_requeues=10",
+        "aug.resolution=64",
+        "train.batch_size=16",
+        steps=150,
+    )  # ~0.3 s a step on 2 idle cores: ~45 s of work for 25 s slots (SLURM delays each
+    # requeued start by ~1.5 min here, so this test takes a few minutes)
+    job, run_id = submit(cfg)
+    assert follow(job, run_id, cfg) == "COMPLETED"
+    client = MlflowClient(cfg.tracking.uri)
+    steps = [m.step for m in client.get_metric_history(run_id, "loss")]
+    assert sorted(set(steps)) == list(range(1, 151))
+    assert len(steps) == 150  # checkpointed exactly where it stopped: no step redone
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and int(run.data.tags["detlab.requeues"]) >= 1
+    print(f"time limit: {run.data.tags['detlab.requeues']} requeue(s), 0 steps redone")
