@@ -79,6 +79,26 @@ def fail_stale_trials(study: optuna.Study, grace_s: float, max_retries: int) -> 
     return failed
 
 
+@contextlib.contextmanager
+def claim_lock(storage_url: str):
+    """SQLite ignores SELECT ... FOR UPDATE, so two workers can both flip the same trial
+    WAITING -> RUNNING (seen in a test). SQLite lives on one machine: serialise claims with
+    a file lock next to it. Journal files (Optuna's own lock) and PostgreSQL (row locks)
+    are atomic already."""
+    if not storage_url.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    path = storage_url[len("sqlite:///") :] + ".claim.lock"
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def claim(study: optuna.Study) -> int | None:
     """Atomically take one WAITING trial (WAITING -> RUNNING); None when there is none."""
     for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
@@ -222,7 +242,11 @@ def work(storage_url: str, study_name: str, worker_id: str, poll_s: float = 2.0)
             resume = tid
     while True:
         fail_stale_trials(study, grace, int(sweep["max_retries"]))
-        trial_id = resume if resume is not None else claim(study)
+        if resume is not None:
+            trial_id = resume
+        else:
+            with claim_lock(storage_url):
+                trial_id = claim(study)
         resume = None
         if trial_id is not None:
             done[run_trial(study, trial_id, worker_id).name] += 1
