@@ -135,12 +135,6 @@ def start_slurm_workers(study, url: str, cfg: DictConfig, n: int, out_dir: Path)
 
     partition = validate_slurm(cfg.cluster)  # impossible requests fail before submission
     cluster = OmegaConf.merge(cfg.cluster, {"partition": partition})
-
-    if cfg.cluster.nodes * cfg.cluster.tasks_per_node > 1:
-        raise SweepError(
-            "multi-task trials (cluster.nodes x cluster.tasks_per_node > 1) are not supported "
-            "by sweep workers yet: give each trial one task (it may use several GPUs)"
-        )
     executor = build_executor(cluster, out_dir / "slurm", name=f"sweep-{study.study_name}")
     return executor.map_array(
         SweepWorkerJob(url, study.study_name), [f"slurm-{i}" for i in range(n)]

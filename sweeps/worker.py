@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -137,7 +138,11 @@ def objective_value(cfg, result, objective: str) -> tuple[float, dict[str, float
     return float(metrics[objective]), metrics
 
 
-def run_trial(study: optuna.Study, trial_id: int, worker_id: str) -> TrialState:
+def run_trial(
+    study: optuna.Study, trial_id: int, worker_id: str, publish=None, stop_requested=None
+) -> TrialState:
+    """``publish(cfg_yaml, port)``: multi-task trials hand the composed config to the other
+    ranks (see ``detlab.sweeps.slurm_worker``) before training."""
     from mlflow.tracking import MlflowClient
 
     from detlab.platform.tracking import create_run
@@ -178,6 +183,12 @@ def run_trial(study: optuna.Study, trial_id: int, worker_id: str) -> TrialState:
     for name, value in values.items():
         client.set_tag(run_id, f"param.{name}", str(value))
     client.set_tag(run_id, "optuna.trial_number", str(trial.number))
+    if publish is not None:  # rank 0 of a multi-task trial: same config, fresh port
+        from detlab.platform.compose import to_yaml
+
+        port = 20000 + (hash(worker_id) % 9000) + trial.number % 1000
+        os.environ["MASTER_PORT"] = str(port)
+        publish(to_yaml(cfg), port)
 
     def report(step: int, metrics: dict[str, float]) -> None:
         if sweep.direction == "maximize" and "knn_top1" in metrics:
@@ -187,7 +198,9 @@ def run_trial(study: optuna.Study, trial_id: int, worker_id: str) -> TrialState:
 
     with Heartbeat(study._storage, trial_id, float(sweep.heartbeat_s)):
         try:
-            result = train(cfg, on_metrics=report)
+            result = train(cfg, on_metrics=report, stop_requested=stop_requested)
+            if result.status == "stopped":  # preempted: checkpointed, the trial stays RUNNING
+                return TrialState.RUNNING
             value, extra = objective_value(cfg, result, sweep.objective)
         except optuna.TrialPruned:
             study.tell(trial, state=TrialState.PRUNED)
@@ -224,7 +237,14 @@ def update_parent(study: optuna.Study, client) -> None:
     client.set_tag(parent, "best_trial", str(best.number))
 
 
-def work(storage_url: str, study_name: str, worker_id: str, poll_s: float = 2.0) -> dict:
+def work(
+    storage_url: str,
+    study_name: str,
+    worker_id: str,
+    poll_s: float = 2.0,
+    publish=None,
+    stop_requested=None,
+) -> dict:
     """The worker loop; returns counts of what this worker did."""
     storage = open_storage(storage_url)
     study = optuna.load_study(study_name=study_name, storage=storage)
@@ -239,7 +259,8 @@ def work(storage_url: str, study_name: str, worker_id: str, poll_s: float = 2.0)
     if state_file.exists():  # a requeued worker continues its own running trial
         tid = json.loads(state_file.read_text())["trial_id"]
         if study._storage.get_trial(tid).state == TrialState.RUNNING:
-            resume = tid
+            resume = tid  # renew its heartbeat first, or this very loop would fail it as stale
+            study._storage.set_trial_system_attr(tid, HEARTBEAT, time.time())
     while True:
         fail_stale_trials(study, grace, int(sweep["max_retries"]))
         if resume is not None:
@@ -249,7 +270,11 @@ def work(storage_url: str, study_name: str, worker_id: str, poll_s: float = 2.0)
                 trial_id = claim(study)
         resume = None
         if trial_id is not None:
-            done[run_trial(study, trial_id, worker_id).name] += 1
+            state = run_trial(study, trial_id, worker_id, publish, stop_requested)
+            if state == TrialState.RUNNING:  # stopped for a requeue: the job resumes it
+                done["STOPPED"] = trial_id
+                return done
+            done[state.name] += 1
             continue
         if study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             time.sleep(poll_s)  # others may still die and leave retries behind

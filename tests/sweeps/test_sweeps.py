@@ -199,3 +199,58 @@ def test_slurm_job_array_runs_the_study(sweep_args, tmp_path, monkeypatch):
     logs = " ".join(p.read_text() for p in (tmp_path / "sweeps/s/slurm").rglob("*_log.out"))
     assert logs.count("-> ") == 2  # each finished trial reported by a SLURM worker
     assert len(children(tmp_path, study)) == 2
+
+
+@pytest.mark.slurm
+@pytest.mark.skipif(shutil.which("sinfo") is None, reason="slurm-wlm is not installed")
+def test_two_node_trials_on_slurm(sweep_args, tmp_path, monkeypatch):
+    """Each trial runs on both nodes: rank 0 talks to Optuna and shares the trial's config."""
+    conf = Path(os.environ.get("DETLAB_SLURM_DIR", "/tmp/detlab-slurm")) / "etc/slurm.conf"
+    monkeypatch.setenv("SLURM_CONF", str(conf))
+    args = sweep_args(
+        "sweep.n_trials=2", "sweep.n_workers=1", "sweep.pruner=none", "cluster=slurm",
+        "cluster.nodes=2", f"cluster.slurm_conf={conf}", "cluster.time_min=10",
+        "cluster.cpus_per_task=1", name="m",
+    )  # fmt: skip
+    assert cli(["sweep", "sweep=temperature", *args, "--wait"]) == 0
+    study = load(tmp_path, "m")
+    assert Counter(t.state for t in study.get_trials()) == {TrialState.COMPLETE: 2}
+    runs = children(tmp_path, study)
+    assert len(runs) == 2 and all(r.data.tags["world_size"] == "2" for r in runs)
+
+
+@pytest.mark.slurm
+@pytest.mark.skipif(shutil.which("sinfo") is None, reason="slurm-wlm is not installed")
+def test_requeued_worker_resumes_its_trial(sweep_args, tmp_path, monkeypatch):
+    """`scontrol requeue` of a worker mid-trial: the requeued worker continues the same
+    trial from its checkpoint (same MLflow run, no restart from step 0)."""
+    conf = Path(os.environ.get("DETLAB_SLURM_DIR", "/tmp/detlab-slurm")) / "etc/slurm.conf"
+    monkeypatch.setenv("SLURM_CONF", str(conf))
+    args = sweep_args(
+        "sweep.n_trials=1", "sweep.n_workers=1", "sweep.pruner=none", "sweep.heartbeat_s=60",
+        "cluster=slurm", f"cluster.slurm_conf={conf}", "cluster.time_min=10",
+        "cluster.cpus_per_task=1", "train.checkpoint_every=20", name="r", steps=300,
+    )  # fmt: skip
+    assert cli(["sweep", "sweep=temperature", *args]) == 0
+    study = load(tmp_path, "r")
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+
+    def steps_logged() -> list[int]:
+        run_id = study.get_trials()[0].user_attrs.get("mlflow_run_id")
+        return [m.step for m in client.get_metric_history(run_id, "loss")] if run_id else []
+
+    deadline = time.time() + 300
+    while time.time() < deadline and max(steps_logged(), default=0) < 45:
+        time.sleep(0.5)
+    folders = [d.name for d in (tmp_path / "sweeps/r/slurm").iterdir() if d.name[0].isdigit()]
+    job = folders[0].split("_")[0]
+    subprocess.run(["scontrol", "requeue", job], check=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and study.get_trials()[0].state == TrialState.RUNNING:
+        time.sleep(2)
+    (trial,) = study.get_trials()
+    assert trial.state == TrialState.COMPLETE
+    steps = steps_logged()
+    assert max(steps) == 300 and len(steps) <= 300 + 20  # resumed, not restarted
+    (run,) = children(tmp_path, study)
+    assert int(run.data.tags["detlab.requeues"]) >= 1  # the trial went through a requeue
