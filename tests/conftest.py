@@ -3,6 +3,8 @@ mask generators (subfolders may override ``tiny_shapes`` with their own sizes)."
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -67,3 +69,28 @@ def tiny_overrides(tiny_shapes):
         ]
 
     return make
+
+
+SLURM_DIR = Path(os.environ.get("DETLAB_SLURM_DIR", "/tmp/detlab-slurm"))
+
+
+@pytest.fixture(scope="session")
+def slurm_conf() -> Path:
+    """The local two-node cluster (platform/slurm/cluster.sh): installed on first use
+    (Debian packages, needs root) and started once per session; its slurm.conf path."""
+    if os.geteuid() != 0:
+        pytest.skip("the local SLURM cluster needs root (apt-get, daemons)")
+    script = Path(__file__).resolve().parents[1] / "platform/slurm/cluster.sh"
+    for action in ("install", "start"):
+        done = subprocess.run(["bash", str(script), action], capture_output=True, text=True)
+        if done.returncode:
+            pytest.fail(f"cluster.sh {action} failed:\n{done.stderr[-3000:]}")
+    return SLURM_DIR / "etc/slurm.conf"
+
+
+@pytest.fixture(autouse=True)
+def _slurm_env(request, monkeypatch):
+    """Tests marked `slurm` get the cluster started and SLURM_CONF pointing at it."""
+    if request.node.get_closest_marker("slurm"):
+        conf = request.getfixturevalue("slurm_conf")
+        monkeypatch.setenv("SLURM_CONF", str(conf))

@@ -1,16 +1,14 @@
 """Pretraining on a real two-node SLURM cluster on localhost (platform/slurm/cluster.sh,
-started by tests/run.sh), logging to a real `mlflow server` started here."""
+started by the `slurm_conf` fixture), logging to a real `mlflow server` started here."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -18,11 +16,7 @@ from mlflow.tracking import MlflowClient
 from detlab.platform.compose import compose
 from detlab.platform.launch import LaunchError, follow, pretrain_command, sacct_state, submit
 
-pytestmark = [
-    pytest.mark.slurm,
-    pytest.mark.skipif(shutil.which("sinfo") is None, reason="slurm-wlm is not installed"),
-]
-SLURM_CONF = Path(os.environ.get("DETLAB_SLURM_DIR", "/tmp/detlab-slurm")) / "etc/slurm.conf"
+pytestmark = pytest.mark.slurm
 
 
 def free_port() -> int:
@@ -59,16 +53,15 @@ def mlflow_server(tmp_path_factory):
 
 
 @pytest.fixture
-def slurm_cfg(tiny_overrides, tmp_path, mlflow_server, monkeypatch):
+def slurm_cfg(tiny_overrides, tmp_path, mlflow_server, slurm_conf, monkeypatch):
     monkeypatch.setenv("DETLAB_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("SLURM_CONF", str(SLURM_CONF))
 
     def make(*extra, method="byol", steps=6, nodes=1):
         overrides = tiny_overrides(tmp_path, method=method, steps=steps)
         overrides = [o for o in overrides if not o.startswith("tracking.uri")]
         return compose([*overrides, "cluster=slurm", f"cluster.nodes={nodes}",
                         "cluster.time_min=10", "cluster.cpus_per_task=1",
-                        f"cluster.slurm_conf={SLURM_CONF}", f"cluster.log_dir={tmp_path}/logs",
+                        f"cluster.slurm_conf={slurm_conf}", f"cluster.log_dir={tmp_path}/logs",
                         f"tracking.uri={mlflow_server}", *extra])  # fmt: skip
 
     return make
@@ -107,8 +100,7 @@ def test_scontrol_requeue_resumes_the_same_run(slurm_cfg):
         if max(steps, default=0) >= 12:
             break
         time.sleep(0.5)
-    env = {**os.environ, "SLURM_CONF": str(SLURM_CONF)}
-    subprocess.run(["scontrol", "requeue", str(job.job_id)], check=True, env=env)
+    subprocess.run(["scontrol", "requeue", str(job.job_id)], check=True)
     assert follow(job, run_id, cfg) == "COMPLETED"
     history = client.get_metric_history(run_id, "loss")
     steps = [m.step for m in history]
@@ -155,8 +147,7 @@ def test_time_limit_signal_checkpoints_requeues_and_completes(slurm_cfg):
         if max((m.step for m in client.get_metric_history(run_id, "loss")), default=0) >= 10:
             break
         time.sleep(0.5)
-    env = {**os.environ, "SLURM_CONF": str(SLURM_CONF)}
-    subprocess.run(["scancel", "--signal=USR2", str(job.job_id)], check=True, env=env)
+    subprocess.run(["scancel", "--signal=USR2", str(job.job_id)], check=True)
     assert follow(job, run_id, cfg) == "COMPLETED"
     client = MlflowClient(cfg.tracking.uri)
     steps = [m.step for m in client.get_metric_history(run_id, "loss")]

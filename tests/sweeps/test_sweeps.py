@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import time
 from collections import Counter
-from pathlib import Path
 
 import optuna
 import pytest
@@ -184,13 +182,10 @@ def test_killed_worker_trial_is_retried(sweep_args, tmp_path):
 
 
 @pytest.mark.slurm
-@pytest.mark.skipif(shutil.which("sinfo") is None, reason="slurm-wlm is not installed")
-def test_slurm_job_array_runs_the_study(sweep_args, tmp_path, monkeypatch):
-    conf = Path(os.environ.get("DETLAB_SLURM_DIR", "/tmp/detlab-slurm")) / "etc/slurm.conf"
-    monkeypatch.setenv("SLURM_CONF", str(conf))
+def test_slurm_job_array_runs_the_study(sweep_args, tmp_path, slurm_conf):
     args = sweep_args(
         "sweep.n_trials=2", "sweep.n_workers=2", "sweep.pruner=none", "cluster=slurm",
-        f"cluster.slurm_conf={conf}", "cluster.time_min=10", "cluster.cpus_per_task=1",
+        f"cluster.slurm_conf={slurm_conf}", "cluster.time_min=10", "cluster.cpus_per_task=1",
         name="s",
     )  # fmt: skip
     assert cli(["sweep", "sweep=temperature", *args, "--wait"]) == 0
@@ -202,14 +197,11 @@ def test_slurm_job_array_runs_the_study(sweep_args, tmp_path, monkeypatch):
 
 
 @pytest.mark.slurm
-@pytest.mark.skipif(shutil.which("sinfo") is None, reason="slurm-wlm is not installed")
-def test_two_node_trials_on_slurm(sweep_args, tmp_path, monkeypatch):
+def test_two_node_trials_on_slurm(sweep_args, tmp_path, slurm_conf):
     """Each trial runs on both nodes: rank 0 talks to Optuna and shares the trial's config."""
-    conf = Path(os.environ.get("DETLAB_SLURM_DIR", "/tmp/detlab-slurm")) / "etc/slurm.conf"
-    monkeypatch.setenv("SLURM_CONF", str(conf))
     args = sweep_args(
         "sweep.n_trials=2", "sweep.n_workers=1", "sweep.pruner=none", "cluster=slurm",
-        "cluster.nodes=2", f"cluster.slurm_conf={conf}", "cluster.time_min=10",
+        "cluster.nodes=2", f"cluster.slurm_conf={slurm_conf}", "cluster.time_min=10",
         "cluster.cpus_per_task=1", name="m",
     )  # fmt: skip
     assert cli(["sweep", "sweep=temperature", *args, "--wait"]) == 0
@@ -220,15 +212,12 @@ def test_two_node_trials_on_slurm(sweep_args, tmp_path, monkeypatch):
 
 
 @pytest.mark.slurm
-@pytest.mark.skipif(shutil.which("sinfo") is None, reason="slurm-wlm is not installed")
-def test_requeued_worker_resumes_its_trial(sweep_args, tmp_path, monkeypatch):
+def test_requeued_worker_resumes_its_trial(sweep_args, tmp_path, slurm_conf):
     """`scontrol requeue` of a worker mid-trial: the requeued worker continues the same
     trial from its checkpoint (same MLflow run, no restart from step 0)."""
-    conf = Path(os.environ.get("DETLAB_SLURM_DIR", "/tmp/detlab-slurm")) / "etc/slurm.conf"
-    monkeypatch.setenv("SLURM_CONF", str(conf))
     args = sweep_args(
         "sweep.n_trials=1", "sweep.n_workers=1", "sweep.pruner=none", "sweep.heartbeat_s=60",
-        "cluster=slurm", f"cluster.slurm_conf={conf}", "cluster.time_min=10",
+        "cluster=slurm", f"cluster.slurm_conf={slurm_conf}", "cluster.time_min=10",
         "cluster.cpus_per_task=1", "train.checkpoint_every=20", name="r", steps=300,
     )  # fmt: skip
     assert cli(["sweep", "sweep=temperature", *args]) == 0
