@@ -34,7 +34,7 @@ class SweepConfig:
     n_workers: int = 2
     storage: str | None = None  # None: sqlite in out_dir; journal:<path>; postgresql://...
     out_dir: str = "outputs/sweeps/${sweep.name}"
-    heartbeat_s: int = 60  # workers beat this often; a trial silent for 3 beats is failed
+    heartbeat_s: float = 60.0  # workers beat this often; a trial silent for 3 beats is failed
     max_retries: int = 2  # a failed trial (crash, dead worker) is retried this many times
     monitor_every: int = 0  # kNN monitor (pruning signal) every N steps; 0 = steps // 4
     grid: bool = False  # every point of the categorical space exactly once (ablations)

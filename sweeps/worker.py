@@ -3,11 +3,19 @@ pruner) -> evaluate -> tell; until the study's trials are all done.
 
 Every trial is created up front by the driver (enqueued), so workers only ever *claim*
 waiting trials (an atomic WAITING -> RUNNING switch in the storage): the budget is exact and
-grid points run once however many workers there are. Workers beat a heartbeat into their
-running trial; a trial silent for 3 beats is failed by any other worker and re-enqueued
+grid points run once however many workers there are. ``study.ask()`` is not used for the
+claim because it creates a new trial when the queue is empty (the budget would drift), so
+workers switch the state through the public ``BaseStorage`` interface of the storage they
+opened, exactly as ``ask()`` does internally.
+
+Workers beat a heartbeat into their running trial from the moment of the claim (written
+*before* the RUNNING switch, so no observer ever sees a running trial without a fresh beat);
+a trial silent for 3 beats is failed by any other worker and re-enqueued
 (``RetryHeartbeatStaleTrialCallback``); its retry trains in the same folder (keyed by the first
 trial of the retry chain) and continues the same MLflow run, so it resumes from the last
-checkpoint instead of starting over.
+checkpoint instead of starting over. A worker whose trial was finished by someone else (failed
+as stale while the worker was frozen, say) stops training at the next step and moves on to the
+next trial: a claim conflict never kills a worker.
 
 ``python -m detlab.sweeps.worker --storage URL --study NAME --worker-id ID``
 """
@@ -24,7 +32,8 @@ from pathlib import Path
 
 import optuna
 from omegaconf import OmegaConf
-from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from detlab.sweeps.optuna_setup import build_pruner, build_sampler
@@ -34,19 +43,29 @@ from detlab.sweeps.storage import open_storage
 HEARTBEAT = "detlab_heartbeat"
 
 
-class Heartbeat:
-    """Writes a timestamp into the trial's system attrs every ``interval`` seconds."""
+class TrialLost(Exception):
+    """The trial was finished by someone else (failed as stale) while this worker ran it."""
 
-    def __init__(self, storage, trial_id: int, interval: float):
+
+class Heartbeat:
+    """Writes a timestamp into the trial's system attrs every ``interval`` seconds and
+    notices when the trial stops being RUNNING under this worker (``lost``)."""
+
+    def __init__(self, storage: BaseStorage, trial_id: int, interval: float):
         self.storage, self.trial_id, self.interval = storage, trial_id, interval
         self.stop = threading.Event()
+        self.lost = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self.stop.is_set():
-            # a trial finished meanwhile or a storage hiccup: try again at the next beat
-            with contextlib.suppress(Exception):
+            try:
                 self.storage.set_trial_system_attr(self.trial_id, HEARTBEAT, time.time())
+            except UpdateFinishedTrialError:
+                self.lost.set()
+                return
+            except Exception:  # a storage hiccup: try again at the next beat
+                pass
             self.stop.wait(self.interval)
 
     def __enter__(self):
@@ -58,24 +77,34 @@ class Heartbeat:
         self.thread.join()
 
 
-def fail_stale_trials(study: optuna.Study, grace_s: float, max_retries: int) -> list[int]:
-    """Fail RUNNING trials whose heartbeat is older than ``grace_s`` and re-enqueue them."""
+def last_beat(t: optuna.trial.FrozenTrial) -> float:
+    """When the trial last showed life: its newest heartbeat, or its claim (a retry inherits
+    its failed parent's old heartbeat, which predates the retry's own start)."""
+    started = t.datetime_start.timestamp() if t.datetime_start else 0.0
+    return max(float(t.system_attrs.get(HEARTBEAT, 0.0)), started)
+
+
+def fail_stale_trials(
+    study: optuna.Study, storage: BaseStorage, grace_s: float, max_retries: int
+) -> list[int]:
+    """Fail RUNNING trials silent for more than ``grace_s`` and re-enqueue them."""
     failed = []
-    now = time.time()
     retry = RetryHeartbeatStaleTrialCallback(
         max_retry=max_retries, inherit_intermediate_values=True
     )
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        beat = t.system_attrs.get(HEARTBEAT, t.datetime_start.timestamp())
-        if now - beat <= grace_s:
+        if time.time() - last_beat(t) <= grace_s:
+            continue
+        fresh = storage.get_trial(t._trial_id)  # re-read: it may have beaten meanwhile
+        if fresh.state != TrialState.RUNNING or time.time() - last_beat(fresh) <= grace_s:
             continue
         try:
-            study._storage.set_trial_system_attr(t._trial_id, "fail_reason", "no heartbeat")
-            won = study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        except Exception:  # another worker failed it first
+            storage.set_trial_system_attr(t._trial_id, "fail_reason", "no heartbeat")
+            won = storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        except UpdateFinishedTrialError:  # another worker failed it first
             continue
         if won:
-            retry(study, study._storage.get_trial(t._trial_id))
+            retry(study, storage.get_trial(t._trial_id))
             failed.append(t.number)
     return failed
 
@@ -100,24 +129,25 @@ def claim_lock(storage_url: str):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def claim(study: optuna.Study) -> int | None:
-    """Atomically take one WAITING trial (WAITING -> RUNNING); None when there is none."""
+def claim(study: optuna.Study, storage: BaseStorage) -> int | None:
+    """Atomically take one WAITING trial (WAITING -> RUNNING); None when there is none.
+
+    The heartbeat is written first, so a trial is never seen RUNNING with a stale beat (a
+    retry inherits its parent's old one); losing the switch to another worker is harmless."""
     for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         try:
-            if study._storage.set_trial_state_values(t._trial_id, TrialState.RUNNING):
-                # a retry carries its failed parent's old heartbeat: renew it at once
-                study._storage.set_trial_system_attr(t._trial_id, HEARTBEAT, time.time())
+            storage.set_trial_system_attr(t._trial_id, HEARTBEAT, time.time())
+            if storage.set_trial_state_values(t._trial_id, TrialState.RUNNING):
                 return t._trial_id
-        except Exception:  # finished or claimed concurrently
+        except UpdateFinishedTrialError:  # finished concurrently (failed, or told)
             continue
     return None
 
 
-def root_number(trial: optuna.Trial) -> int:
+def root_number(storage: BaseStorage, trial_id: int, number: int) -> int:
     """The first trial of a retry chain: retries train in its folder and MLflow run."""
-    frozen = trial.study._storage.get_trial(trial._trial_id)
-    history = RetryHeartbeatStaleTrialCallback.retry_history(frozen)
-    return history[0] if history else trial.number
+    history = RetryHeartbeatStaleTrialCallback.retry_history(storage.get_trial(trial_id))
+    return history[0] if history else number
 
 
 def objective_value(cfg, result, objective: str) -> tuple[float, dict[str, float]]:
@@ -139,10 +169,34 @@ def objective_value(cfg, result, objective: str) -> tuple[float, dict[str, float
 
 
 def run_trial(
-    study: optuna.Study, trial_id: int, worker_id: str, publish=None, stop_requested=None
-) -> TrialState:
-    """``publish(cfg_yaml, port)``: multi-task trials hand the composed config to the other
+    study: optuna.Study,
+    storage: BaseStorage,
+    trial_id: int,
+    worker_id: str,
+    beat: Heartbeat,
+    publish=None,
+    stop_requested=None,
+) -> TrialState | None:
+    """Train, evaluate and tell one claimed trial; None when the trial was lost (finished by
+    another worker meanwhile: this worker stops training and leaves the trial to its retry).
+
+    ``publish(cfg_yaml, port)``: multi-task trials hand the composed config to the other
     ranks (see ``detlab.sweeps.slurm_worker``) before training."""
+    number = storage.get_trial(trial_id).number
+    try:
+        return _run_trial(
+            study, storage, trial_id, number, worker_id, beat, publish, stop_requested
+        )
+    except (UpdateFinishedTrialError, TrialLost):
+        print(
+            f"[worker {worker_id}] trial {number} was finished by another worker "
+            "(failed as stale): left to its retry, claiming the next one",
+            flush=True,
+        )
+        return None
+
+
+def _run_trial(study, storage, trial_id, number, worker_id, beat, publish, stop_requested):
     from mlflow.tracking import MlflowClient
 
     from detlab.platform.tracking import create_run
@@ -151,12 +205,12 @@ def run_trial(
     attrs = study.user_attrs
     sweep = OmegaConf.create(attrs["definition"])
     out = Path(attrs["out_dir"])
-    study.sampler = build_sampler(sweep, study._storage.get_trial(trial_id).number)
-    trial = optuna.Trial(study, trial_id)
+    study.sampler = build_sampler(sweep, number)
+    trial = optuna.Trial(study, trial_id)  # what study.ask() builds for a popped trial
     (out / "workers").mkdir(parents=True, exist_ok=True)
     (out / "workers" / f"{worker_id}.json").write_text(json.dumps({"trial_id": trial_id}))
     values = suggest(trial, sweep)
-    root = root_number(trial)
+    root = root_number(storage, trial_id, number)
     run_id = trial.user_attrs.get("mlflow_run_id")
     overrides = merge_overrides(
         sweep.base_overrides,
@@ -175,18 +229,18 @@ def run_trial(
     every = sweep.monitor_every or max(1, cfg.train.steps // 4)
     cfg.train.knn_every = every
     if run_id is None:
-        tags = {"optuna.trial": str(trial.number), "detlab.sweep": sweep.name}
+        tags = {"optuna.trial": str(number), "detlab.sweep": sweep.name}
         run_id = create_run(cfg.tracking, tags)
         trial.set_user_attr("mlflow_run_id", run_id)
     cfg.tracking.run_id = run_id
     client = MlflowClient(cfg.tracking.uri)
     for name, value in values.items():
         client.set_tag(run_id, f"param.{name}", str(value))
-    client.set_tag(run_id, "optuna.trial_number", str(trial.number))
+    client.set_tag(run_id, "optuna.trial_number", str(number))
     if publish is not None:  # rank 0 of a multi-task trial: same config, fresh port
         from detlab.platform.compose import to_yaml
 
-        port = 20000 + (hash(worker_id) % 9000) + trial.number % 1000
+        port = 20000 + (hash(worker_id) % 9000) + number % 1000
         os.environ["MASTER_PORT"] = str(port)
         publish(to_yaml(cfg), port)
 
@@ -196,32 +250,40 @@ def run_trial(
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at step {step}: knn_top1={metrics['knn_top1']}")
 
-    with Heartbeat(study._storage, trial_id, float(sweep.heartbeat_s)):
-        try:
-            result = train(cfg, on_metrics=report, stop_requested=stop_requested)
-            if result.status == "stopped":  # preempted: checkpointed, the trial stays RUNNING
-                return TrialState.RUNNING
-            value, extra = objective_value(cfg, result, sweep.objective)
-        except optuna.TrialPruned:
-            study.tell(trial, state=TrialState.PRUNED)
-            client.set_tag(run_id, "optuna.state", "PRUNED")
-            return TrialState.PRUNED
-        except Exception as exc:
-            study._storage.set_trial_system_attr(trial_id, "fail_reason", f"{exc}"[:1000])
-            study.tell(trial, state=TrialState.FAIL)
-            client.set_tag(run_id, "optuna.state", "FAIL")
-            RetryHeartbeatStaleTrialCallback(sweep.max_retries, inherit_intermediate_values=True)(
-                study, study._storage.get_trial(trial_id)
-            )
-            print(f"[worker {worker_id}] trial {trial.number} failed: {exc}", flush=True)
-            return TrialState.FAIL
+    def stop() -> bool:  # preemption (the caller's signal) or the trial lost to a retry
+        return beat.lost.is_set() or bool(stop_requested and stop_requested())
+
+    try:
+        result = train(cfg, on_metrics=report, stop_requested=stop)
+        if beat.lost.is_set():
+            raise TrialLost(number)
+        if result.status == "stopped":  # preempted: checkpointed, the trial stays RUNNING
+            return TrialState.RUNNING
+        value, extra = objective_value(cfg, result, sweep.objective)
+    except optuna.TrialPruned:
+        study.tell(trial, state=TrialState.PRUNED)
+        client.set_tag(run_id, "optuna.state", "PRUNED")
+        return TrialState.PRUNED
+    except (UpdateFinishedTrialError, TrialLost):
+        raise
+    except Exception as exc:
+        if beat.lost.is_set():
+            raise TrialLost(number) from exc
+        storage.set_trial_system_attr(trial_id, "fail_reason", f"{exc}"[:1000])
+        study.tell(trial, state=TrialState.FAIL)
+        client.set_tag(run_id, "optuna.state", "FAIL")
+        RetryHeartbeatStaleTrialCallback(sweep.max_retries, inherit_intermediate_values=True)(
+            study, storage.get_trial(trial_id)
+        )
+        print(f"[worker {worker_id}] trial {number} failed: {exc}", flush=True)
+        return TrialState.FAIL
     for k, v in extra.items():  # downstream metrics of the objective's protocol
         client.log_metric(run_id, k, float(v))
     study.tell(trial, value)
     client.set_tag(run_id, "optuna.state", "COMPLETE")
     client.log_metric(run_id, "objective", value)
     update_parent(study, client)
-    print(f"[worker {worker_id}] trial {trial.number} {values} -> {value:.4f}", flush=True)
+    print(f"[worker {worker_id}] trial {number} {values} -> {value:.4f}", flush=True)
     return TrialState.COMPLETE
 
 
@@ -245,32 +307,40 @@ def work(
     publish=None,
     stop_requested=None,
 ) -> dict:
-    """The worker loop; returns counts of what this worker did."""
+    """The worker loop; returns counts of what this worker did (LOST: trials finished by
+    another worker while this one ran them)."""
+    # the heavy imports happen before the first claim, not between a claim and its first beat
+    import detlab.platform.train  # noqa: F401
+    import detlab.platform.tracking  # noqa: F401
+
     storage = open_storage(storage_url)
     study = optuna.load_study(study_name=study_name, storage=storage)
     sweep = study.user_attrs["definition"]
     definition = OmegaConf.create(sweep)
     study.sampler = build_sampler(definition)
     study.pruner = build_pruner(definition, int(study.user_attrs["steps"]))
-    grace = 3 * float(sweep["heartbeat_s"])
-    done = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0}
+    interval = float(sweep["heartbeat_s"])
+    done = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0, "LOST": 0}
     state_file = Path(study.user_attrs["out_dir"]) / "workers" / f"{worker_id}.json"
     resume = None
     if state_file.exists():  # a requeued worker continues its own running trial
         tid = json.loads(state_file.read_text())["trial_id"]
-        if study._storage.get_trial(tid).state == TrialState.RUNNING:
+        if storage.get_trial(tid).state == TrialState.RUNNING:
             resume = tid  # renew its heartbeat first, or this very loop would fail it as stale
-            study._storage.set_trial_system_attr(tid, HEARTBEAT, time.time())
+            storage.set_trial_system_attr(tid, HEARTBEAT, time.time())
     while True:
-        fail_stale_trials(study, grace, int(sweep["max_retries"]))
-        if resume is not None:
-            trial_id = resume
-        else:
-            with claim_lock(storage_url):
-                trial_id = claim(study)
+        with claim_lock(storage_url):  # stale checks and claims never interleave on SQLite
+            fail_stale_trials(study, storage, 3 * interval, int(sweep["max_retries"]))
+            trial_id = resume if resume is not None else claim(study, storage)
         resume = None
         if trial_id is not None:
-            state = run_trial(study, trial_id, worker_id, publish, stop_requested)
+            with Heartbeat(storage, trial_id, interval) as beat:
+                state = run_trial(
+                    study, storage, trial_id, worker_id, beat, publish, stop_requested
+                )
+            if state is None:
+                done["LOST"] += 1
+                continue
             if state == TrialState.RUNNING:  # stopped for a requeue: the job resumes it
                 done["STOPPED"] = trial_id
                 return done
