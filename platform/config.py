@@ -97,6 +97,8 @@ class TrainConfig:
     batch_size: int = 256  # global batch, split across ranks
     steps: int = 1000
     seed: int = 0
+    deterministic: bool = True  # torch's deterministic algorithms (warn where none exists)
+    threads: int = 0  # intra-op CPU threads (0 = torch's default); fix it to reproduce CPU runs
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     channels_last: bool = True  # applied on CUDA only

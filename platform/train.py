@@ -38,7 +38,11 @@ class TrainResult:
     checkpoint: str | None = None
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, deterministic: bool = True, threads: int = 0) -> None:
+    """Seeds, and what else moves results in one environment: nondeterministic kernels
+    (cuDNN autotuning, atomics in CUDA reductions) and, on the CPU, the intra-op thread
+    count (reductions split differently)."""
+    import os
     import random
 
     import numpy as np
@@ -46,6 +50,12 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+    if threads > 0:
+        torch.set_num_threads(threads)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before cuBLAS starts
+        torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def build_loader(cfg: DictConfig, input_kind: str, info: distr.DistInfo):
@@ -126,7 +136,7 @@ def train(
     tc = cfg.train
     # ---- set-up: processes, device, seeds -------------------------------------------
     info = distr.init_from_env(tc.device)
-    seed_everything(tc.seed)
+    seed_everything(tc.seed, tc.deterministic, tc.threads)
     out_dir = Path(tc.out_dir)
     ckpt_path = out_dir / "checkpoint.pt"
 

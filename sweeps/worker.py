@@ -310,8 +310,8 @@ def work(
     """The worker loop; returns counts of what this worker did (LOST: trials finished by
     another worker while this one ran them)."""
     # the heavy imports happen before the first claim, not between a claim and its first beat
-    import detlab.platform.train  # noqa: F401
     import detlab.platform.tracking  # noqa: F401
+    import detlab.platform.train  # noqa: F401
 
     storage = open_storage(storage_url)
     study = optuna.load_study(study_name=study_name, storage=storage)

@@ -68,3 +68,32 @@ def test_wheel_contains_every_python_folder_and_configs(tmp_path):
     assert any(n.startswith("detlab/sweeps/conf/method/") for n in names)
     for top in TOP_LEVEL:
         assert f"detlab/{top}/__init__.py" not in names
+
+
+def _name(requirement: str) -> str:
+    import re
+
+    return re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_lock_pins_every_dependency_and_install_paths_use_it():
+    """A new upstream release must change nothing until the lock is updated on purpose: the
+    lock pins every direct dependency exactly, and both install paths apply it."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    direct = {
+        _name(r) for r in [*project["dependencies"], *project["optional-dependencies"]["dev"]]
+    }
+    pins = {}
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[_name(name)] = version
+    assert direct <= set(pins), f"not pinned: {sorted(direct - set(pins))}"
+    assert all(v and "*" not in v for v in pins.values())
+    install = "-c requirements.lock -e '.[dev]'"
+    assert install in (ROOT / ".ci/run").read_text()
+    readme = (ROOT / "README.md").read_text()
+    first_block = readme.split("```bash", 1)[1].split("```", 1)[0]
+    assert install in first_block  # the README's first command

@@ -181,3 +181,25 @@ def make_coco(tmp_path):
         return root
 
     return make
+
+
+@pytest.fixture
+def tiny_params():
+    """make(params, tmp) -> ``params.yaml``'s content cut to a tiny study (seconds a cell)."""
+
+    def make(params: dict, tmp: Path) -> dict:
+        params["prepare"].update(num_train=24, num_val=8, image_size=48, max_objects=3)
+        params["masks"]["workers"] = 1
+        st = params["studies"]
+        st["tracking_uri"] = f"sqlite:///{tmp}/mlflow.db"
+        st["common"] = [
+            "backbone=tiny", "optim=sgd", "optim.lr=0.05", "train.batch_size=8", "train.steps=3",
+            "train.progress=false", "method.proj_hidden=32", "method.proj_out=16",
+            "method.pred_hidden=32", "method.num_masks=4", "eval.epochs=3",
+        ]  # fmt: skip
+        st["mask_quality"].update(masks=["grid", "gt", "global"], seeds=[0, 1], resolution=32,
+                                  cells={"grid": [], "gt": [], "global": []})  # fmt: skip
+        st["resolution"].update(masks=["gt"], resolutions=[32, 40], seeds=[0], cells={"gt": []})
+        return params
+
+    return make

@@ -19,29 +19,13 @@ COPY = ["dvc.yaml", "params.yaml", ".dvcignore", "pipelines", "methods", "platfo
 pytestmark = [pytest.mark.dvc, pytest.mark.slow]
 
 
-def tiny_params(params: dict, tmp: Path) -> dict:
-    params["prepare"].update(num_train=24, num_val=8, image_size=48, max_objects=3)
-    params["masks"]["workers"] = 1
-    st = params["studies"]
-    st["tracking_uri"] = f"sqlite:///{tmp}/mlflow.db"
-    st["common"] = [
-        "backbone=tiny", "optim=sgd", "optim.lr=0.05", "train.batch_size=8", "train.steps=3",
-        "train.progress=false", "method.proj_hidden=32", "method.proj_out=16",
-        "method.pred_hidden=32", "method.num_masks=4", "eval.epochs=3",
-    ]  # fmt: skip
-    st["mask_quality"].update(masks=["grid", "gt", "global"], seeds=[0, 1], resolution=32,
-                              cells={"grid": [], "gt": [], "global": []})  # fmt: skip
-    st["resolution"].update(masks=["gt"], resolutions=[32, 40], seeds=[0], cells={"gt": []})
-    return params
-
-
 def repro(cwd: Path) -> tuple[set[str], str]:
     out = subprocess.run(["dvc", "repro"], cwd=cwd, capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return set(re.findall(r"Running stage '([^']+)'", out.stdout)), out.stdout
 
 
-def test_dvc_repro_end_to_end(tmp_path):
+def test_dvc_repro_end_to_end(tmp_path, tiny_params):
     work = tmp_path / "repo"
     work.mkdir()
     for name in COPY:

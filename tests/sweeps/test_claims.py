@@ -7,7 +7,6 @@ import time
 from collections import Counter
 from unittest import mock
 
-import optuna
 import pytest
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
