@@ -3,8 +3,10 @@
 ``build_backbone(cfg.backbone)`` returns a ``Backbone`` whose parameter names are exactly
 torchvision's (``conv1``, ``bn1``, ``layer1`` ... ``layer4``), so at width 1 with the
 standard stem its weights load into ``torchvision.models.resnet50()``. Tiny CPU configs
-shrink every stage's width (``width=0.125``) and use a 3x3 stride-1 stem without max-pool
-(``small_stem``), so 32-64 px images still leave a useful final feature map.
+shrink every stage's width (``width=0.125``) and use a 3x3 stem without max-pool
+(``small_stem``, stride ``stem_stride``); ``last_stride=1`` keeps layer4 at layer3's
+resolution. The studies' geometry (``backbone=small``: stem stride 2, last stride 1) gives an
+8x8 C5 at 64 px while its first stages run at half the input resolution.
 ``timm:<name>`` builds a timm ResNet (e.g. ``timm:resnet200d``) behind the same interface.
 """
 
@@ -37,13 +39,27 @@ class Backbone(tv.ResNet):
     ``forward_pyramid(x) -> {"c2".."c5"}``, ``pooled(x) -> [B, C]``.
     """
 
-    def __init__(self, arch: str, width: float = 1.0, small_stem: bool = False):
+    def __init__(
+        self,
+        arch: str,
+        width: float = 1.0,
+        small_stem: bool = False,
+        stem_stride: int = 1,
+        last_stride: int = 2,
+    ):
         if arch not in ARCHS:
             raise BackboneError(
                 f"backbone.name={arch!r} is not one of {sorted(ARCHS)} or timm:<name>"
             )
         if not 0 < width <= 4:
             raise BackboneError(f"backbone.width={width} must be in (0, 4]")
+        if stem_stride not in (1, 2) or last_stride not in (1, 2):
+            raise BackboneError(
+                f"backbone.stem_stride={stem_stride} and backbone.last_stride={last_stride} "
+                "must each be 1 or 2"
+            )
+        if stem_stride != 1 and not small_stem:
+            raise BackboneError("backbone.stem_stride applies to the small stem only")
         block, layers = ARCHS[arch]
         nn.Module.__init__(self)
         # the attributes torchvision's _make_layer reads
@@ -52,7 +68,7 @@ class Backbone(tv.ResNet):
         self.inplanes = planes[0]
         # stem, registered in execution order (conv, BN, ReLU, pool)
         if small_stem:
-            self.conv1 = nn.Conv2d(3, planes[0], 3, stride=1, padding=1, bias=False)
+            self.conv1 = nn.Conv2d(3, planes[0], 3, stride=stem_stride, padding=1, bias=False)
         else:
             self.conv1 = nn.Conv2d(3, planes[0], 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(planes[0])
@@ -61,7 +77,7 @@ class Backbone(tv.ResNet):
         self.layer1 = self._make_layer(block, planes[0], layers[0])
         self.layer2 = self._make_layer(block, planes[1], layers[1], stride=2)
         self.layer3 = self._make_layer(block, planes[2], layers[2], stride=2)
-        self.layer4 = self._make_layer(block, planes[3], layers[3], stride=2)
+        self.layer4 = self._make_layer(block, planes[3], layers[3], stride=last_stride)
         self.pyramid_channels = [p * block.expansion for p in planes]
         self.out_channels = self.pyramid_channels[-1]
         self.arch, self.small_stem = arch, small_stem
@@ -137,4 +153,10 @@ def build_backbone(cfg: BackboneConfig) -> nn.Module:
     """BackboneConfig -> Backbone (torchvision names) or TimmBackbone (``timm:<name>``)."""
     if cfg.name.startswith("timm:"):
         return TimmBackbone(cfg.name.split(":", 1)[1])
-    return Backbone(cfg.name, float(cfg.width), bool(cfg.small_stem))
+    return Backbone(
+        cfg.name,
+        float(cfg.width),
+        bool(cfg.small_stem),
+        int(cfg.stem_stride),
+        int(cfg.last_stride),
+    )

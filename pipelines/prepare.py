@@ -31,7 +31,7 @@ from detlab.pipelines.datasets.readers import open_dataset
 from detlab.pipelines.datasets.shapes import ShapesError, generate_shapes
 
 REQUIRED = ("seed", "num_train", "num_val", "image_size", "max_objects", "out")
-OPTIONAL = {"dataset": "shapes", "min_objects": 1}
+OPTIONAL = {"dataset": "shapes", "min_objects": 1, "textures": "random"}
 
 
 class PrepareError(ValueError):
@@ -82,6 +82,7 @@ def prepare(params: dict, progress: bool = True) -> tuple[Path, str]:
             image_size=params["image_size"],
             max_objects=params["max_objects"],
             min_objects=params["min_objects"],
+            textures=params["textures"],
             progress=progress,
         )
         fingerprints = {

@@ -36,7 +36,9 @@ class MasksConfig:
 class BackboneConfig:
     name: str = "resnet50"  # resnet18/34/50/101/152 (torchvision) or timm:<name>
     width: float = 1.0  # channel width multiplier; tiny CPU configs use 0.125-0.25
-    small_stem: bool = False  # 3x3 stride-1 stem without max-pool, for small images
+    small_stem: bool = False  # 3x3 stem without max-pool, for small images
+    stem_stride: int = 1  # small stem only: 1 (C5 at H/8) or 2 (C5 at H/16)
+    last_stride: int = 2  # layer4's stride; 1 keeps C5 at layer3's resolution
     sync_bn: bool = True  # SyncBatchNorm when torch.distributed is initialised
 
 

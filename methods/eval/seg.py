@@ -1,5 +1,14 @@
 """Segmentation probe: frozen dense features, a 1x1 conv head (on C5, or on an FPN over
-C2-C5), upsampled to the label resolution; mIoU and per-class IoU from a confusion matrix."""
+C2-C5), upsampled to the label resolution; mIoU and per-class IoU from a confusion matrix.
+
+The frozen linear probe (the studies' protocol) is fitted like the linear classification probe:
+features standardised with the train split's per-channel statistics (so backbones whose
+features differ only in scale, a random init and a trained net, are probed alike), then a
+per-pixel multinomial logistic regression (1x1 conv, logits upsampled bilinearly to the label
+resolution) fitted full-batch with L-BFGS, so the score does not hinge on a learning-rate
+schedule. The FPN head and fine-tuning train with SGD. Reported: ``miou`` over every class, ``miou_objects`` over the object classes only (the
+number to read: background dominates the pixels and is easy), ``iou_background`` and
+``iou_<class>``."""
 
 from __future__ import annotations
 
@@ -72,11 +81,86 @@ class SegHead(nn.Module):
         )
 
 
+@torch.no_grad()
+def dense_features(backbone: nn.Module, x: Tensor, batch_size: int, device) -> Tensor:
+    """[N, C, h, w] frozen C5 features of [N, 3, H, W] images (eval mode, on the CPU)."""
+    backbone.eval()
+    return torch.cat(
+        [
+            backbone(x[i : i + batch_size].to(device)).float().cpu()
+            for i in range(0, len(x), batch_size)
+        ]  # fmt: skip
+    )
+
+
+def fit_linear_seg(
+    feats: Tensor, labels: Tensor, num_classes: int, iters: int, weight_decay: float
+) -> tuple[Tensor, Tensor, nn.Conv2d]:
+    """Standardise ``feats`` [N, C, h, w], fit a 1x1 conv to ``labels`` [N, H, W] by L-BFGS;
+    returns (mean, std, head) for ``predict_linear_seg``.
+
+    A 1x1 conv commutes with bilinear upsampling, so the features are upsampled once to twice
+    their size and the labels taken there (nearest): the fit then costs one small matmul per
+    L-BFGS evaluation instead of an upsampling of every logit map to the label size."""
+    mean = feats.mean((0, 2, 3), keepdim=True)
+    std = feats.std((0, 2, 3), keepdim=True).clamp_min(1e-6)
+    h, w = feats.shape[-2:]
+    size = (min(2 * h, labels.shape[-2]), min(2 * w, labels.shape[-1]))
+    x = F.interpolate((feats - mean) / std, size=size, mode="bilinear", align_corners=False)
+    y = F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
+    x = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])  # [N*h'*w', C]
+    y = y.reshape(-1)
+    keep = y != IGNORE
+    x, y = x[keep], y[keep]
+    head = nn.Conv2d(x.shape[1], num_classes, 1)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=max(1, iters),
+                            line_search_fn="strong_wolfe")  # fmt: skip
+    decay = max(weight_decay, 1e-6)
+
+    def closure():
+        opt.zero_grad()
+        logits = F.linear(x, head.weight[:, :, 0, 0], head.bias)  # [P, K]
+        loss = F.cross_entropy(logits, y) + decay * head.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return mean, std, head
+
+
+@torch.no_grad()
+def predict_linear_seg(feats: Tensor, mean: Tensor, std: Tensor, head: nn.Conv2d, size) -> Tensor:
+    logits = head((feats - mean) / std)
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False).argmax(1)
+
+
+def seg_scores(conf: Tensor, names: list[str]) -> dict[str, float]:
+    """mIoU over all classes, over the object classes (background = class 0 excluded), and
+    per class, from a confusion matrix."""
+    mean, per_class = miou(conf)
+    objects = float(np.nanmean(per_class[1:])) if len(per_class) > 1 else mean
+    out = {"miou": mean, "miou_objects": objects}
+    out.update({f"iou_{n}": v for n, v in zip(names, per_class, strict=False)})
+    return out
+
+
 def seg_probe(backbone, train_images, val_images, cfg, device, progress=True) -> dict:
     """Train the head (and the backbone when ``cfg.finetune``); mIoU on the val split."""
     num_classes = int(train_images.num_seg_classes)
+    names = ["background", *train_images.classes][:num_classes]
     xtr, ytr = load_split(train_images, cfg.resolution)
     xva, yva = load_split(val_images, cfg.resolution)
+    if cfg.head == "linear" and not cfg.finetune:
+        ftr = dense_features(backbone, xtr, cfg.batch_size, device)
+        mean, std, head = fit_linear_seg(ftr, ytr, num_classes, cfg.epochs, cfg.weight_decay)
+        fva = dense_features(backbone, xva, cfg.batch_size, device)
+        pred = predict_linear_seg(fva, mean, std, head, yva.shape[-2:])
+        out = seg_scores(confusion_matrix(pred, yva, num_classes), names)
+        n = cfg.num_visualise
+        out["_vis"] = (xva[:n], yva[:n], pred[:n])
+        return out
     model = SegHead(backbone, num_classes, cfg.head).to(device)
     params = (
         model.parameters()
@@ -111,9 +195,7 @@ def seg_probe(backbone, train_images, val_images, cfg, device, progress=True) ->
             pred = model.classify(model.features(x), yva.shape[-2:]).argmax(1).cpu()
             conf += confusion_matrix(pred, yva[i : i + cfg.batch_size], num_classes)
             preds.append(pred)
-    mean, per_class = miou(conf)
-    names = ["background", *train_images.classes][:num_classes]
-    out = {"miou": mean, **{f"iou_{n}": v for n, v in zip(names, per_class, strict=False)}}
+    out = seg_scores(conf, names)
     out["_vis"] = (
         xva[: cfg.num_visualise],
         yva[: cfg.num_visualise],

@@ -123,10 +123,21 @@ def _background(rng, yy, xx, size) -> np.ndarray:
     return _mix(b1, b2, s)
 
 
-def _texture(rng, u: np.ndarray, v: np.ndarray, c1: np.ndarray) -> np.ndarray:
-    """[S, S, 3] float32 texture in the object's frame: solid/stripes/gradient/checker/noise."""
+# textures="class": each class wears its own texture family (colours stay random), as real
+# categories have typical surfaces; textures="random": any class, any texture (shape only)
+CLASS_TEXTURE = {"circle": 5, "cross": 3, "ellipse": 1, "square": 4, "star": 0, "triangle": 2}
+
+
+def _texture(rng, u: np.ndarray, v: np.ndarray, c1: np.ndarray, kind: int | None = None):
+    """[S, S, 3] float32 texture in the object's frame:
+    solid/stripes/gradient/checker/noise/rings (kind 0-5; drawn at random when None)."""
     c2 = _second_colour(rng, c1, 50, 150)
-    kind = int(rng.integers(0, 5))
+    drawn = int(rng.integers(0, 5))  # always drawn: the stream stays the same for textures=random
+    kind = drawn if kind is None else kind
+    if kind == 5:
+        freq, phase = rng.uniform(1.5, 3.0), rng.uniform(0, 2 * math.pi)
+        s = 0.5 + 0.5 * np.sin(2 * math.pi * freq * np.sqrt(u * u + v * v) + phase)
+        return _mix(c1, c2, s.astype(np.float32))
     beta = rng.uniform(0, math.pi)
     proj = u * math.cos(beta) + v * math.sin(beta)
     if kind == 0:
@@ -173,7 +184,13 @@ def scene_rng(seed: int, split_key: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed), int(split_key), int(index)]))
 
 
-def render_scene(rng: np.random.Generator, size: int, min_objects: int, max_objects: int) -> Scene:
+def render_scene(
+    rng: np.random.Generator,
+    size: int,
+    min_objects: int,
+    max_objects: int,
+    textures: str = "random",
+) -> Scene:
     """Draw one scene. Vectorised per object; cost O(objects * tries * S^2)."""
     yy, xx = _grid(size)
     image = _background(rng, yy, xx, size)
@@ -196,7 +213,8 @@ def render_scene(rng: np.random.Generator, size: int, min_objects: int, max_obje
                 instances = trial
                 full_area.append(area)
                 categories.append(cat + 1)
-                texture = _texture(rng, u, v, _object_colour(rng, background_mean))
+                kind = CLASS_TEXTURE[CLASSES[cat]] if textures == "class" else None
+                texture = _texture(rng, u, v, _object_colour(rng, background_mean), kind)
                 image = np.where(mask[..., None], texture, image)
                 break
     if not categories:  # cannot happen with AREA_RANGE >> MIN_PIXELS; guard the invariant

@@ -96,6 +96,7 @@ def _write_split(root, split, count, params, progress) -> dict:
             size,
             params["min_objects"],
             params["max_objects"],
+            params.get("textures", "random"),
         )
         stem = f"{split}_{index:06d}"
         file_name = f"{CLASSES[scene.label]}/{stem}.png"
@@ -142,13 +143,17 @@ def generate_shapes(
     image_size: int,
     max_objects: int,
     min_objects: int = 1,
+    textures: str = "random",
     progress: bool = False,
 ) -> Path:
     """Write the shapes dataset into ``root`` (absent or empty); return ``root``.
 
     Image ``index`` of ``split`` depends only on (seed, split, index, image_size,
-    min_objects, max_objects): two calls with the same arguments give identical files.
+    min_objects, max_objects, textures): two calls with the same arguments give identical
+    files. ``textures="class"`` gives every class its own texture family (colours random).
     """
+    if textures not in ("random", "class"):
+        raise ShapesError(f"shapes: textures must be 'random' or 'class', got {textures!r}")
     root = Path(root)
     counts = {"train": num_train, "val": num_val}
     _check(root, seed, counts, image_size, min_objects, max_objects)
@@ -160,6 +165,8 @@ def generate_shapes(
         "min_objects": min_objects,
         "max_objects": max_objects,
     }
+    if textures != "random":  # the key appears only when used: older datasets keep their hash
+        params["textures"] = textures
     root.mkdir(parents=True, exist_ok=True)
     splits = {split: _write_split(root, split, n, params, progress) for split, n in counts.items()}
     meta = {

@@ -15,12 +15,14 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-def test_a_cell_run_twice_gives_identical_metrics(
-    tiny_shapes, tiny_mask_sets, tiny_params, tmp_path
-):
+def test_a_cell_run_twice_gives_identical_metrics(tiny_shapes, tiny_params, tmp_path):
+    from detlab.pipelines.masks import generate
+
+    # this folder's own tiny_shapes: the root tiny_mask_sets fixture is for the root one
+    generate("gt", tiny_shapes, tmp_path / "masks" / "gt", workers=1, progress=False)
     params = tiny_params(yaml.safe_load((REPO / "params.yaml").read_text()), tmp_path)
     params["prepare"]["out"] = str(tiny_shapes)
-    params["masks"]["out"] = str(tiny_mask_sets["gt"].parent)
+    params["masks"]["out"] = str(tmp_path / "masks")
     params["quality_dir"] = str(tmp_path / "no-quality")
     records = [
         run_cell(params, "mask_quality", "gt", 0, None, tmp_path / f"m{i}", tmp_path / f"o{i}")

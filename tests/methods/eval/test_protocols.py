@@ -141,3 +141,32 @@ def test_eval_by_run_id_logs_into_that_run(tiny_shapes, tiny_overrides, tmp_path
                      f"checkpoint={res.run_id}", f"tracking.uri={pre.tracking.uri}"])  # fmt: skip
     assert eval_command(wrong) == 2
     assert "does not match backbone config" in capsys.readouterr().err
+
+
+def test_object_miou_leaves_background_out():
+    from detlab.methods.eval.seg import seg_scores
+
+    conf = torch.tensor([[90, 10, 0], [5, 5, 0], [0, 0, 10]])  # rows: truth bg, a, b
+    out = seg_scores(conf, ["background", "a", "b"])
+    iou = {"background": 90 / 105, "a": 5 / 20, "b": 1.0}
+    assert out["iou_background"] == pytest.approx(iou["background"])
+    assert out["miou_objects"] == pytest.approx((iou["a"] + iou["b"]) / 2)
+    assert out["miou"] == pytest.approx(sum(iou.values()) / 3)
+
+
+def test_linear_seg_probe_recovers_a_linearly_readable_labelling():
+    """Features that carry the label (one-hot, plus noise) at 8x8: the L-BFGS probe must
+    read labels back at 32x32 almost perfectly; pure-noise features must not."""
+    from detlab.methods.eval.seg import confusion_matrix, fit_linear_seg, predict_linear_seg
+
+    gen = torch.Generator().manual_seed(0)
+    coarse = torch.randint(0, 3, (40, 8, 8), generator=gen)
+    labels = coarse.repeat_interleave(4, 1).repeat_interleave(4, 2)  # [40, 32, 32]
+    onehot = torch.nn.functional.one_hot(coarse, 3).permute(0, 3, 1, 2).float()
+    noise = torch.randn(40, 5, 8, 8, generator=gen)
+    for feats, expect_good in ((torch.cat([3 * onehot, noise], 1), True), (noise, False)):
+        mean, std, head = fit_linear_seg(feats[:30], labels[:30], 3, 50, 1e-4)
+        pred = predict_linear_seg(feats[30:], mean, std, head, (32, 32))
+        conf = confusion_matrix(pred, labels[30:], 3)
+        acc = float(conf.diag().sum() / conf.sum())
+        assert (acc > 0.85) if expect_good else (acc < 0.6), acc
