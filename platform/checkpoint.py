@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import pickle
 import random
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,10 @@ from omegaconf import DictConfig, OmegaConf
 from detlab.platform.config import BackboneConfig
 
 FORMAT = 1
-BACKBONE_KEYS = ("name", "width", "small_stem")
+BACKBONE_KEYS = ("name", "width", "small_stem", "stem_stride", "last_stride")
+
+
+BACKBONE_DEFAULTS = {"stem_stride": 1, "last_stride": 2}  # checkpoints from before the keys
 
 
 class CheckpointError(ValueError):
@@ -42,10 +47,17 @@ def save_atomic(state: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
+def _numpy_state() -> dict[str, Any]:
+    """numpy's global RNG state as plain types, so checkpoints load with weights_only=True."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "gauss": float(gauss)}  # fmt: skip
+
+
 def rng_state() -> dict[str, Any]:
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
+        "numpy": _numpy_state(),
         "python": random.getstate(),
     }
     if torch.cuda.is_available():
@@ -55,7 +67,8 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy(), n["pos"], n["has_gauss"], n["gauss"]))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -67,8 +80,16 @@ def load(path: str | Path) -> dict[str, Any]:
         path = path / "checkpoint.pt"
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+    try:  # weights_only: a pickle that would build anything but tensors and plain types is refused
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        what = found.group(1) if found else "an object that is not a tensor or plain type"
+        raise CheckpointError(
+            f"refusing to load {path}: it needs {what}, and unpickling it could run code. "
+            "detlab's own checkpoints hold only tensors and plain types; if you trust the file, "
+            "re-save its state dict with torch.save(torch.load(f, weights_only=False))"
+        ) from None
     except Exception as exc:  # torch raises many types for a truncated/corrupt file
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT:
@@ -103,7 +124,7 @@ def check_backbone(state: dict[str, Any], cfg: BackboneConfig) -> None:
     diff = [
         f"{k}: checkpoint {saved[k]!r} vs config {getattr(cfg, k)!r}"
         for k in BACKBONE_KEYS
-        if saved.get(k) != getattr(cfg, k)
+        if saved.get(k, BACKBONE_DEFAULTS.get(k)) != getattr(cfg, k)
     ]
     if diff:
         raise CheckpointError(
