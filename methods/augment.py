@@ -15,9 +15,10 @@ sampled once and applied with the v2 functional ops to an ``Image`` together wit
   content), dropped when smaller than ``resolution / 16`` px in V2, K are sampled among the
   survivors (padded with ``valid=False``), and V1's boxes are jittered (p=0.5, +-0.1 w/h).
 
-Speed: geometry runs on uint8 (torchvision's native uint8 bicubic resize), the image is
-converted to float once, photometric ops run in float, and the 23x23 blur is applied as two
-1-D convolutions (same kernel as ``v2.GaussianBlur``, ~5x cheaper).
+Speed: geometry runs on uint8 (torchvision's native uint8 bicubic resize); the photometric
+ops (``detlab.methods.photometric``) run in float, per image or, with ``batched=True`` (the
+pretraining loader), once per batch in ``PairTransform.finish`` with each sample's own
+parameters drawn here.
 
 Randomness comes from torch's global RNG (as torchvision's); ``detlab.methods.data`` seeds
 it per sample from (seed, epoch, index), which makes every view reproducible.
@@ -29,16 +30,21 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as nnf
 from torch import Tensor
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from detlab.methods.photometric import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Photometric,
+    blur_kernel_size,
+)
 from detlab.platform.config import AugConfig
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "blur_kernel_size"]
+
 BICUBIC = v2.InterpolationMode.BICUBIC
 MIN_BOX_FRAC = 1 / 16  # SoCo: a box must keep >= resolution/16 px per side inside V2
 
@@ -67,11 +73,6 @@ def as_chw_uint8(image: np.ndarray | Tensor) -> Tensor:
     return image
 
 
-def blur_kernel_size(resolution: int) -> int:
-    """Odd kernel of ~10% of the view side: 23 at 224 px (BYOL), 7 at 64 px."""
-    return 2 * round(resolution * 0.05) + 1
-
-
 def _check_pair(name: str, value, lo: float = 0.0, hi: float = 1.0) -> tuple[float, float]:
     if len(value) != 2 or not (lo <= value[0] <= value[1] <= hi):
         raise AugmentError(f"aug.{name}={list(value)} must be [a, b] with {lo} <= a <= b <= {hi}")
@@ -84,51 +85,20 @@ def _check_p(name: str, value) -> tuple[float, float]:
     return float(value[0]), float(value[1])
 
 
-class SeparableGaussianBlur:
-    """Gaussian blur, sigma ~ U[sigma_min, sigma_max], as a row then a column convolution.
-
-    The kernel equals ``v2.GaussianBlur``'s (an outer product of two 1-D Gaussians, reflect
-    padding), so the result matches it up to float rounding at a fraction of the cost.
-    Input: float [3, H, W] (or [..., 3, H, W]).
-    """
-
-    def __init__(self, kernel_size: int, sigma: tuple[float, float]):
-        self.kernel_size, self.sigma = kernel_size, sigma
-
-    def __call__(self, x: Tensor) -> Tensor:
-        sigma = torch.empty(1).uniform_(*self.sigma).item()
-        k, half = self.kernel_size, self.kernel_size // 2
-        t = torch.linspace(-half, half, k, dtype=x.dtype)
-        g = torch.exp(-0.5 * (t / sigma) ** 2)
-        g = g / g.sum()
-        g = torch.where(g < 1e-10, 0.0, g)  # no denormals (they slow conv2d ~5x)
-        shape = x.shape
-        # channels as a batch of 1-channel images: oneDNN's grouped path is ~3x slower here
-        y = nnf.pad(x.reshape(-1, 1, *shape[-2:]), (half, half, half, half), mode="reflect")
-        y = nnf.conv2d(y, g.view(1, 1, 1, k))
-        y = nnf.conv2d(y, g.view(1, 1, k, 1))
-        return y.reshape(shape)
-
-
-def build_photometric(aug: AugConfig, view: int, resolution: int) -> v2.Compose:
-    """BYOL's colour pipeline for view 0 or 1 on a float [3, R, R] image in [0, 1].
+def build_photometric(aug: AugConfig, view: int, resolution: int) -> Photometric:
+    """BYOL's colour pipeline for view 0 or 1 (see ``detlab.methods.photometric``).
 
     Blur sigma range (0.1, 2.0) is BYOL's at 224 px and is scaled by resolution/224 like the
     kernel, so the blur is the same relative to the image content at every resolution.
     """
-    s = float(aug.jitter_strength)
     blur_p, sol_p = _check_p("blur_p", aug.blur_p), _check_p("solarize_p", aug.solarize_p)
-    scale = resolution / 224
-    jitter = v2.ColorJitter(brightness=0.4 * s, contrast=0.4 * s, saturation=0.2 * s, hue=0.1 * s)
-    blur = SeparableGaussianBlur(blur_kernel_size(resolution), (0.1 * scale, 2.0 * scale))
-    return v2.Compose(
-        [
-            v2.RandomApply([jitter], p=aug.jitter_p),
-            v2.RandomGrayscale(p=aug.grayscale_p),
-            v2.RandomApply([blur], p=blur_p[view]),
-            v2.RandomSolarize(threshold=0.5, p=sol_p[view]),
-            v2.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
-        ]
+    return Photometric(
+        strength=aug.jitter_strength,
+        jitter_p=aug.jitter_p,
+        grayscale_p=aug.grayscale_p,
+        blur_p=blur_p[view],
+        solarize_p=sol_p[view],
+        resolution=resolution,
     )
 
 
@@ -174,7 +144,7 @@ class PairTransform:
     normalised, "mask1", "mask2": [R, R] int64}``.
     """
 
-    def __init__(self, aug: AugConfig):
+    def __init__(self, aug: AugConfig, batched: bool = False):
         self.resolution = int(aug.resolution)
         if self.resolution < 8:
             raise AugmentError(f"aug.resolution={aug.resolution} must be >= 8")
@@ -182,6 +152,7 @@ class PairTransform:
         ratio = _check_pair("crop_ratio", aug.crop_ratio, hi=math.inf)
         self.geometry = CropFlip(self.resolution, scale, ratio)
         self.photometric = [build_photometric(aug, v, self.resolution) for v in (0, 1)]
+        self.batched = batched
 
     def __call__(self, image, mask=None) -> dict[str, Tensor]:
         img = tv_tensors.Image(as_chw_uint8(image))
@@ -194,7 +165,11 @@ class PairTransform:
         out: dict[str, Tensor] = {}
         for v in (0, 1):
             p = self.geometry.sample(img)
-            x = self.photometric[v](to_float(self.geometry.apply(img, p)))
+            x = self.geometry.apply(img, p).as_subclass(Tensor)
+            if self.batched:  # colour later, for the whole batch (``finish``)
+                out[f"photo{v + 1}"] = self.photometric[v].sample()
+            else:
+                x = self.photometric[v](to_float(x))
             if mask is None:
                 m = torch.zeros(self.resolution, self.resolution, dtype=torch.int64)
             else:
@@ -202,10 +177,26 @@ class PairTransform:
             out[f"view{v + 1}"], out[f"mask{v + 1}"] = x, m
         return out
 
+    def finish(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Batched mode: the collated uint8 views [B, 3, R, R] and their per-sample colour
+        parameters ``photo1/2`` -> normalised float views (one intra-op thread, as in a
+        loader worker, so a view does not depend on where it was coloured)."""
+        if not self.batched:
+            return batch
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            for v in (0, 1):
+                x = batch[f"view{v + 1}"].float().div_(255.0)
+                batch[f"view{v + 1}"] = self.photometric[v].apply(x, batch.pop(f"photo{v + 1}"))
+        finally:
+            torch.set_num_threads(threads)
+        return batch
 
-def build_pair_transform(aug: AugConfig) -> PairTransform:
+
+def build_pair_transform(aug: AugConfig, batched: bool = False) -> PairTransform:
     """BYOL's asymmetric two-view transform for image + mask (see ``PairTransform``)."""
-    return PairTransform(aug)
+    return PairTransform(aug, batched)
 
 
 # ------------------------------------------------------------------------- SoCo views

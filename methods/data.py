@@ -1,8 +1,9 @@
 """Pretraining and evaluation datasets, and the deterministic, resumable sampler.
 
 - ``build_pretrain_dataset(data, masks, aug, input_kind, seed)``: a map-style Dataset whose
-  items are the contract's per-sample dicts (the default collate stacks them into batches):
-  input_kind "mask": ``view1/view2 [3, R, R] float, mask1/mask2 [R, R] int64, index``;
+  ``collate`` (the loader's collate_fn) gives the contract's batches:
+  input_kind "mask": ``view1/view2 [B, 3, R, R] float, mask1/mask2 [B, R, R] int64, index``
+  (items hold uint8 views and their colour parameters; ``collate`` colours the batch);
   input_kind "boxes" (SoCo): ``v1, v2 [3, R, R], v3 [3, R/2, R/2], boxes1/2/3 [K, 4],
   box_valid [K], index``. Mask sources: a MaskStore at ``masks.path`` (checked against the
   dataset's fingerprint when the dataset is opened), ``global`` (all zeros), ``grid``
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, default_collate
 from torchvision.transforms.v2 import functional as F
 
 from detlab.methods.augment import (
@@ -153,6 +154,13 @@ class PretrainDataset(Dataset):
         out["index"] = index
         return out
 
+    def collate(self, samples: list[dict]) -> dict[str, Tensor]:
+        """The loader's collate_fn: stack the samples, then colour the views as one batch
+        (each with its own parameters, drawn in ``__getitem__``)."""
+        batch = default_collate(samples)
+        finish = getattr(self.transform, "finish", None)
+        return finish(batch) if finish is not None else batch
+
 
 def _open_store(masks: MasksConfig, images, data: DataConfig):
     """MaskStore at masks.path, checked against the dataset (clear error up front)."""
@@ -214,7 +222,7 @@ def build_pretrain_dataset(
             images, store, "store", transform, input_kind, seed, store_path=str(masks.path)
         )
 
-    transform = build_pair_transform(aug)
+    transform = build_pair_transform(aug, batched=True)
     grid = int(getattr(masks, "grid_size", DEFAULT_GRID) or DEFAULT_GRID)
     if kind == "boxes":
         raise PretrainDataError(

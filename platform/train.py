@@ -82,6 +82,7 @@ def build_loader(cfg: DictConfig, input_kind: str, info: distr.DistInfo):
         dataset,
         batch_size=cfg.train.batch_size // info.world_size,
         sampler=sampler,
+        collate_fn=dataset.collate,
         num_workers=cfg.data.num_workers,
         pin_memory=info.device.type == "cuda",
         drop_last=True,

@@ -11,9 +11,20 @@ from detlab.methods.augment import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     AugmentError,
-    SeparableGaussianBlur,
     build_pair_transform,
     build_soco_transform,
+)
+from detlab.methods.photometric import (
+    BLUR,
+    BRIGHT,
+    CONTRAST,
+    HUE,
+    JITTER,
+    NUM_PARAMS,
+    SATUR,
+    Photometric,
+    gaussian_blur,
+    jitter_op,
 )
 from detlab.platform.config import AugConfig
 
@@ -81,7 +92,9 @@ def test_same_geometry_hits_image_and_mask():
             keep = interior(m) & unblended
             assert keep.sum() > 0.3 * m.numel()
             agree = (decoded[keep] == m[keep]).float().mean().item()
-            assert agree > 0.99, f"seed {seed} view {v}: only {agree:.3f} of pixels agree"
+            # nearest vs bicubic differ at a few half-pixel positions of zoomed crops; any
+            # misaligned geometry (crop, flip) agrees on far fewer pixels
+            assert agree > 0.98, f"seed {seed} view {v}: only {agree:.3f} of pixels agree"
         # flips happen (the left third of the image has no id 11: a flip moves that band)
         torch.manual_seed(seed)
         p = t.geometry.sample(torch.as_tensor(image).permute(2, 0, 1))  # view 1's draw
@@ -219,34 +232,63 @@ def test_v1_box_jitter_bounds():
     assert seen >= 5  # p = 1: (almost) every image has jittered boxes
 
 
-def test_separable_blur_matches_torchvision_gaussian_blur():
-    x = torch.rand(3, 40, 52)
-    blur = SeparableGaussianBlur(11, (1.3, 1.3))
-    ref = F.gaussian_blur(x, [11, 11], [1.3, 1.3])
-    torch.testing.assert_close(blur(x), ref, atol=1e-5, rtol=1e-5)
+def test_batched_blur_matches_torchvision_gaussian_blur_per_sample():
+    x = torch.rand(2, 3, 40, 52)
+    sigma = torch.tensor([1.3, 0.6])
+    out = gaussian_blur(x, sigma, 11)
+    for i in range(2):
+        ref = F.gaussian_blur(x[i], [11, 11], [float(sigma[i])] * 2)
+        torch.testing.assert_close(out[i], ref, atol=1e-5, rtol=1e-5)
 
 
-def test_blur_and_solarize_probabilities_are_per_view(monkeypatch):
+@pytest.mark.parametrize("op", [0, 1, 2, 3])
+def test_batched_jitter_ops_match_torchvision(op):
+    """Each jitter op with its own factor per sample equals torchvision's op on that image."""
+    gen = torch.Generator().manual_seed(op)
+    x = torch.rand(4, 3, 20, 24, generator=gen)
+    p = torch.zeros(4, NUM_PARAMS)
+    p[:, BRIGHT] = p[:, CONTRAST] = p[:, SATUR] = torch.tensor([0.6, 1.0, 1.3, 1.4])
+    p[:, HUE] = torch.tensor([-0.1, 0.0, 0.05, 0.1])
+    ref = [F.adjust_brightness, F.adjust_contrast, F.adjust_saturation, F.adjust_hue][op]
+    slot = [BRIGHT, CONTRAST, SATUR, HUE][op]
+    out = jitter_op(op, x, p)
+    for i in range(4):
+        torch.testing.assert_close(out[i], ref(x[i], float(p[i, slot])), atol=1e-5, rtol=1e-5)
+
+
+def test_batched_pipeline_equals_the_per_image_pipeline():
+    """Colouring a batch with the samples' own parameters = colouring each image alone."""
+    t = Photometric(resolution=32, grayscale_p=0.5, blur_p=0.5, solarize_p=0.5)
+    x = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    params = torch.stack([t.sample() for _ in range(16)])
+    assert 0 < params[:, JITTER].sum() < 16  # a mix of jittered and plain samples
+    batched = t.apply(x, params)
+    for i in range(16):
+        torch.testing.assert_close(batched[i], t.apply(x[i : i + 1], params[i : i + 1])[0])
+
+
+def test_blur_and_solarize_probabilities_are_per_view():
     image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    t = build_pair_transform(no_colour(blur_p=[1.0, 0.25], solarize_p=[0.0, 1.0]))
-    calls = []
-
-    def record(self, x):
-        calls.append(self)
-        return x
-
-    monkeypatch.setattr(SeparableGaussianBlur, "__call__", record)
-    blur1, blur2 = (p.transforms[2].transforms[0] for p in t.photometric)
+    t = build_pair_transform(no_colour(blur_p=[1.0, 0.25], solarize_p=[0.0, 1.0]), batched=True)
+    blur1 = t.photometric[0]
     assert blur1.kernel_size == 2 * round(R * 0.05) + 1
     assert blur1.sigma == pytest.approx((0.1 * R / 224, 2.0 * R / 224))
     n = 200
+    samples = []
     for seed in range(n):
         torch.manual_seed(seed)
-        out = t(image)
-        assert denorm(out["view2"]).max() < 128.5  # solarized: every pixel >= 0.5 inverted
-        assert denorm(out["view1"]).max() > 200  # never solarized
-    assert sum(c is blur1 for c in calls) == n
-    assert 0.15 * n < sum(c is blur2 for c in calls) < 0.35 * n
+        samples.append(t(image))
+    blur = (
+        torch.stack([s["photo1"] for s in samples])[:, BLUR],
+        torch.stack([s["photo2"] for s in samples])[:, BLUR],
+    )
+    assert blur[0].sum() == n and 0.15 * n < blur[1].sum() < 0.35 * n
+    batch = t.finish(torch.utils.data.default_collate(samples))
+    assert batch["view1"].dtype == torch.float32 and "photo1" not in batch
+    for i in range(n):
+        assert denorm(batch["view2"][i]).max() < 128.5  # solarized: pixels >= 0.5 inverted
+        assert denorm(batch["view1"][i]).max() > 200  # never solarized
 
 
 def test_bad_settings_name_the_key():

@@ -129,7 +129,7 @@ def test_mask_batches_have_the_contract_shapes(tiny_shapes, band_masks):
 
     ds = build_pretrain_dataset(*cfgs(tiny_shapes, "fh", band_masks), "mask", seed=0)
     assert len(ds) == 24 and ds.store is not None and ds.images.fingerprint
-    batch = next(iter(DataLoader(ds, batch_size=4)))
+    batch = next(iter(DataLoader(ds, batch_size=4, collate_fn=ds.collate)))
     assert set(batch) == {"view1", "view2", "mask1", "mask2", "index"}
     assert batch["view1"].shape == batch["view2"].shape == (4, 3, R, R)
     assert batch["view1"].dtype == torch.float32
@@ -148,7 +148,7 @@ def test_box_batches_have_the_contract_shapes(tiny_shapes, box_store):
     ds = build_pretrain_dataset(
         *cfgs(tiny_shapes, "ss", box_store, kind="boxes"), "boxes", seed=0, num_boxes=3
     )
-    batch = next(iter(DataLoader(ds, batch_size=4)))
+    batch = next(iter(DataLoader(ds, batch_size=4, collate_fn=ds.collate)))
     assert batch["v1"].shape == batch["v2"].shape == (4, 3, R, R)
     assert batch["v3"].shape == (4, 3, R // 2, R // 2)
     for k in ("boxes1", "boxes2", "boxes3"):
@@ -219,7 +219,9 @@ def _compare_worker_counts(tiny_shapes, band_masks, box_store):
         for workers in (0, 2):
             sampler = ResumableSampler(len(ds), 8, seed=1)
             sampler.set_epoch(2)
-            loader = DataLoader(ds, batch_size=8, sampler=sampler, num_workers=workers)
+            loader = DataLoader(
+                ds, batch_size=8, sampler=sampler, num_workers=workers, collate_fn=ds.collate
+            )
             runs.append(list(loader))
         assert len(runs[0]) == 3
         for x, y in zip(*runs, strict=True):
