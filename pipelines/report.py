@@ -1,310 +1,481 @@
-"""DVC stage `report`: aggregate the study cells into tables, plots and plain findings.
+"""DVC stage `report`: the study cells as tables, plots and findings with honest statistics.
 
-Reads ``metrics/studies/<study>/<cell>.json`` (written by ``detlab.pipelines.study``) and
-writes ``reports/mask_quality.{md,png}``, ``reports/resolution.{md,png}``,
-``reports/studies.json`` and the flat tables ``reports/plots/*.json`` that ``dvc plots``
-renders. The findings are computed from whatever the runs produced; nothing is tuned here.
+    python -m detlab.pipelines.report --metrics metrics/studies --out reports
+
+Reads ``<metrics>/{mask_quality,resolution,references}/*.json`` (one record per cell, from
+``detlab.pipelines.study``); writes ``reports/mask_quality.{md,png}``,
+``reports/resolution.{md,png}``, ``reports/studies.json`` (summaries and raw cells) and the flat
+per-cell tables ``reports/plots/*.json`` for ``dvc plots``. Whatever is missing (a study, the
+references) is left out, but every file is written.
+
+How to read it: cells are mean ± sample std over seeds (n). The headline is seg_miou_objects,
+the object-class mIoU of a frozen linear segmentation probe; it only means something next to
+the reference rows (random init: the same backbone never trained; supervised: trained on the
+labels for the same budget; chance). Every difference has a 95% bootstrap CI over seeds,
+paired by seed where possible, and "reproduced" needs the whole CI on the paper's side of 0
+([-inf, +inf] with one seed a side: no claim). ⚠ marks a pretraining row within noise of random
+init. Rank correlations use exact permutation p over every (x, seed) point. Plots:
+``detlab.pipelines.report_plots``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import spearmanr
 
+from detlab.pipelines.stats import (
+    EXACT_MAX_N,
+    combine_verdicts,
+    describe,
+    interval_verdict,
+    paired_diff_ci,
+    pooled_std,
+    rank_verdict,
+    rho_bootstrap_ci,
+    seedwise_mean,
+    spearman_exact,
+)
+
+HEADLINE = "seg_miou_objects"
 METRIC_NAMES = {
-    "seg_miou": "seg-probe mIoU",
-    "linear_top1": "linear-probe top-1",
-    "knn_top1": "kNN top-1",
-    "det_ap_bb": "detection AP-bb",
+    HEADLINE: "seg mIoU (objects)",
+    "seg_miou": "seg mIoU (all)",
+    "seg_iou_background": "seg IoU background",
+    "linear_top1": "linear top-1",
+    "linear_top5": "linear top-5",
+    "final_loss": "final loss",
+    "rep_std": "rep. std",
+    "knn_top1": "online kNN top-1",
 }
-GLOBAL = "global"  # the image-level baseline (one mask): BYOL
+PROBE_METRICS = (HEADLINE, "seg_miou", "seg_iou_background", "linear_top1", "linear_top5")
+HEALTH_METRICS = ("final_loss", "rep_std", "knn_top1")
+FINDING_METRICS = (HEADLINE, "linear_top1")
+GLOBAL, GT = "global", "gt"  # the image-level baseline (BYOL) and ground-truth masks
+REFERENCES = {
+    "random": "random init (no pretraining)",
+    "supervised": "supervised (labels, same budget)",
+}
+LEVEL, ALPHA = 0.95, 0.05  # CI level; significance level of the rank tests
+FLAG_STD = 2.0  # ⚠ when the gain over random init is under this many pooled seed std
+COMPARISONS = (  # (id, label, row a, row b, acceptance target in pooled seed std)
+    ("gt_minus_random", "DetCon (gt masks) − random init", GT, "random", 3.0),
+    ("gt_minus_global", "DetCon (gt masks) − global (BYOL)", GT, GLOBAL, 2.0),
+)
+
+CAPTION = f"""\
+Cells: mean ± sample std over seeds (n seeds). Δ and findings: mean difference with its \
+{LEVEL:.0%} percentile-bootstrap CI over seeds (10000 resamples), paired by seed where both sides \
+share seeds; [-∞, +∞] = fewer than 2 seeds on a side, no claim possible. With few seeds the \
+bootstrap CI is optimistic (2 seeds: exactly the range of the two differences).
+"""
+MQ_INTRO = """\
+# Mask-quality study
+
+DetCon-B pretrained with each mask source (global: the image-level BYOL baseline), then frozen and
+probed. abo = average best overlap of the masks with the ground-truth objects. Seeds: {seeds};
+probe resolution (px): {probe}. The headline metric is seg mIoU (objects): object-class mIoU of
+the frozen linear segmentation probe.
+"""
+FLAG_NOTE = """\
+⚠ = probes within noise of random init: no gain clearly above the seed noise (the CI of
+row − random init contains 0, or the gain is below {k:.0f} pooled seed std = {v:.4f}).
+"""
+HEALTH_NOTE = "rep. std = std of the normalised embeddings (near 0: collapse); mean ± std (n)."
+MQ_FINDINGS = """\
+## Findings
+
+Paper: DetCon beats random init and the global baseline; better masks transfer better. Pooled
+seed std: over all pretraining rows. Seeds: {n}. Better-masks ordering: significant only when
+exact p < {alpha} and the bootstrap CI of rho excludes 0. Verdicts come from the intervals.
+"""
+RES_INTRO = """\
+# Resolution study
+
+DetCon-B pretrained at each resolution per mask source; the mask-quality study's cells supply its
+resolution (column "study"). References are probed at the same probe resolution as every cell.
+"""
+RES_FINDINGS = """\
+## Findings
+
+Paper: higher resolution helps every mask type, ground-truth masks most. Trend: Spearman over all
+(resolution, per-seed value) points with its exact / permutation p.
+"""
 
 
+# ---------------------------------------------------------------- records and rows
 def load_cells(root: Path, study: str) -> list[dict]:
-    folder = root / study
-    return (
-        [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
-        if folder.is_dir()
-        else []
-    )
+    return [json.loads(p.read_text()) for p in sorted((root / study).glob("*.json"))]
 
 
-def metric_keys(cells: list[dict]) -> list[str]:
-    keys = {k for c in cells for k in c["metrics"]}
-    return [k for k in METRIC_NAMES if k in keys]
+def ref_kind(record: dict) -> str:
+    """'random' or 'supervised': the record's ``kind``, else its cell name's prefix."""
+    return record.get("kind") or record["cell"].rsplit("-s", 1)[0]
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    arr = np.asarray(values, dtype=float)
-    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+def seed_values(records: list[dict], key: str) -> dict[int, float]:
+    found = {int(r["seed"]): r.get("metrics", {}).get(key) for r in records}
+    return {s: float(v) for s, v in sorted(found.items()) if v is not None}
 
 
-def summarise_mask_quality(cells: list[dict]) -> dict:
+def metric_keys(records: list[dict]) -> list[str]:
+    present = {k for r in records for k in r.get("metrics", {})}
+    return [k for k in METRIC_NAMES if k in present]
+
+
+def class_keys(records: list[dict]) -> list[str]:
+    """Background then ``seg_iou_<class>`` per class (the records' ``classes``, else found)."""
+    present = {k for r in records for k in r.get("metrics", {})}
+    named = [f"seg_iou_{c}" for r in records for c in r.get("classes") or []]
+    found = dict.fromkeys(["seg_iou_background", *(named or sorted(present))])
+    return [k for k in found if k in present and k.startswith("seg_iou_")]
+
+
+def main_metrics(keys: list[str]) -> list[str]:
+    return [k for k in FINDING_METRICS if k in keys] or keys[:1]
+
+
+def make_row(name: str, label: str, kind: str, records: list[dict], keys: list[str]) -> dict:
+    first = records[0] if records else {}
+    seeds = sorted({int(r["seed"]) for r in records})
+    row = dict(row=name, label=label, kind=kind, abo=first.get("abo"), method=first.get("method"))
+    return row | dict(seeds=seeds, metrics={k: describe(seed_values(records, k)) for k in keys})
+
+
+def vals(row: dict | None, key: str) -> dict[int, float]:
+    """seed -> value of ``key`` in a summary row ({} when the row or metric is missing)."""
+    return (row or {}).get("metrics", {}).get(key, {}).get("values", {})
+
+
+def reference_rows(refs: list[dict], keys: list[str]) -> dict[str, dict]:
+    groups = {k: [r for r in refs if ref_kind(r) == k] for k in REFERENCES}
+    return {k: make_row(k, REFERENCES[k], "reference", g, keys) for k, g in groups.items() if g}
+
+
+def chance_of(records: list[dict]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for r in records:
+        for k, v in (r.get("chance") or {}).items():
+            out.setdefault(k, v)
+    return out
+
+
+# ---------------------------------------------------------------- findings
+def diff_finding(fid, label, metric, a, b, pooled=0.0, target=None) -> dict:
+    """mean(a) - mean(b) with its bootstrap CI, verdict, and size in pooled seed std."""
+    ci = paired_diff_ci(a, b, LEVEL)
+    ratio = ci["diff"] / pooled if pooled > 0 and math.isfinite(ci["diff"]) else None
+    met = None if target is None or ratio is None else bool(ratio >= target)
+    out = dict(id=fid, label=label, metric=metric, verdict=interval_verdict(ci["lo"], ci["hi"]))
+    return out | ci | dict(pooled_std=pooled, ratio=ratio, target=target, meets_target=met)
+
+
+def order_finding(rows: list[dict], metric: str) -> dict:
+    """Better masks -> better transfer: Spearman rho(abo, metric). rho is reported on the
+    per-source means; the test runs over every (abo, per-seed value) point, exchangeable
+    under the null of no relation, so a few sources with several seeds can be significant
+    (over 4 means alone the smallest attainable p is 1/12)."""
+    xs, per = [r["abo"] for r in rows], [list(vals(r, metric).values()) for r in rows]
+    rho = spearman_exact(xs, [np.mean(v) for v in per])[0]
+    px, py = zip(*((x, v) for x, vs in zip(xs, per, strict=True) for v in vs), strict=True)
+    rho_points, p = spearman_exact(px, py)
+    lo, hi = rho_bootstrap_ci(xs, per, LEVEL)
+    out = dict(id="abo_order", label="better masks -> better transfer", metric=metric, rho=rho)
+    out |= dict(p=p, lo=lo, hi=hi, n_sources=len(rows), sources=[r["row"] for r in rows])
+    out |= dict(rho_points=rho_points, n_points=len(px))
+    return out | dict(verdict=rank_verdict(rho, p, lo, hi, ALPHA))
+
+
+def mask_findings(rows: dict[str, dict], metric: str, pooled: float) -> list[dict]:
+    out = []
+    for fid, label, a, b, target in COMPARISONS:
+        va, vb = vals(rows.get(a), metric), vals(rows.get(b), metric)
+        if va and vb:
+            out.append(diff_finding(fid, label, metric, va, vb, pooled, target))
+    detcon = [r for r in rows.values() if r["kind"] == "pretrain" and r["row"] != GLOBAL]
+    detcon = [r for r in detcon if vals(r, metric)]
+    if len(ordered := [r for r in detcon if r["abo"] is not None]) >= 3:
+        out.append(order_finding(ordered, metric))
+    if detcon and (glob := vals(rows.get(GLOBAL), metric)):
+        label = f"DetCon averaged over {len(detcon)} mask sources − global (BYOL)"
+        avg = seedwise_mean([vals(r, metric) for r in detcon])
+        out.append(diff_finding("detcon_avg_minus_global", label, metric, avg, glob, pooled))
+    return out
+
+
+def summarise_mask_quality(cells: list[dict], refs: list[dict]) -> dict:
+    records = cells + refs
+    keys, classes = metric_keys(records), class_keys(records)
     by_mask: dict[str, list[dict]] = defaultdict(list)
     for c in cells:
         by_mask[c["mask"]].append(c)
-    keys = metric_keys(cells)
-    rows = {}
-    for mask, cs in sorted(by_mask.items(), key=lambda kv: kv[1][0].get("abo", 0)):
-        rows[mask] = {"abo": cs[0].get("abo"), "seeds": len(cs)}
-        for k in keys:
-            m, s = mean_std([c["metrics"][k] for c in cs if k in c["metrics"]])
-            rows[mask][k] = {"mean": m, "std": s}
-    findings = {}
-    detcon = [m for m in rows if m != GLOBAL and rows[m]["abo"] is not None]
-    for k in keys:
-        if len(detcon) >= 3:
-            rho, p = spearmanr(
-                [rows[m]["abo"] for m in detcon], [rows[m][k]["mean"] for m in detcon]
-            )
-            findings[f"spearman_abo_{k}"] = {"rho": float(rho), "p": float(p), "n": len(detcon)}
-        if GLOBAL in rows and detcon:
-            best = max(detcon, key=lambda m: rows[m][k]["mean"])
-            findings[f"detcon_minus_global_{k}"] = {
-                "best_mask": best,
-                "delta_best": rows[best][k]["mean"] - rows[GLOBAL][k]["mean"],
-                "delta_mean": float(np.mean([rows[m][k]["mean"] for m in detcon]))
-                - rows[GLOBAL][k]["mean"],
-            }
-    return {"rows": rows, "metrics": keys, "findings": findings}
+    pre = [
+        make_row(m, "global (BYOL)" if m == GLOBAL else m, "pretrain", cs, keys + classes)
+        for m, cs in by_mask.items()
+    ]
+    pre.sort(key=lambda r: (r["abo"] is not None, r["abo"] or 0.0, r["row"]))
+    rows = {r["row"]: r for r in pre} | reference_rows(refs, keys + classes)
+    pooled = {k: pooled_std([list(vals(r, k).values()) for r in pre]) for k in keys}
+    if random := vals(rows.get("random"), HEADLINE):
+        for r in pre:
+            ci = paired_diff_ci(vals(r, HEADLINE), random, LEVEL)
+            noise = not (ci["lo"] > 0 or ci["hi"] < 0) or ci["diff"] < FLAG_STD * pooled[HEADLINE]
+            r["vs_random"] = ci | dict(flag=bool(noise))
+    found = [f for k in FINDING_METRICS if k in keys for f in mask_findings(rows, k, pooled[k])]
+    probe = sorted({r["probe_resolution"] for r in records if r.get("probe_resolution")})
+    seeds = sorted({int(r["seed"]) for r in records})
+    s = dict(rows=rows, metrics=keys, classes=classes, chance=chance_of(records), seeds=seeds)
+    return s | dict(pooled_std=pooled, probe_resolutions=probe, findings=found)
 
 
-def summarise_resolution(cells: list[dict]) -> dict:
-    keys = metric_keys(cells)
-    table: dict[str, dict[int, dict]] = defaultdict(dict)
-    groups: dict[tuple[str, int], list[dict]] = defaultdict(list)
+def resolution_points(res_cells: list[dict], mq_cells: list[dict]) -> list[dict]:
+    """The resolution study's cells plus the mask-quality cells of the same mask sources
+    (they supply that study's resolution); on a clash the resolution study's cell wins."""
+    masks = {c["mask"] for c in res_cells}
+    merged = {(c["mask"], int(c["resolution"]), int(c["seed"])): c for c in mq_cells}
+    merged |= {(c["mask"], int(c["resolution"]), int(c["seed"])): c for c in res_cells}
+    return [merged[k] for k in sorted(merged) if k[0] in masks]
+
+
+def gt_gains_most(by_mask: dict[str, dict[int, dict]], metric: str) -> dict:
+    """gt's per-seed gain (highest - lowest shared resolution) minus each other mask's."""
+    comparisons = {}
+    for mask in (m for m in by_mask if m != GT):
+        if len(shared := sorted(set(by_mask[GT]) & set(by_mask[mask]))) < 2:
+            continue
+        lo, hi = shared[0], shared[-1]
+        gain = {}
+        for m in (GT, mask):
+            v = by_mask[m]
+            gain[m] = {s: v[hi][s] - v[lo][s] for s in sorted(set(v[hi]) & set(v[lo]))}
+        ci = paired_diff_ci(gain[GT], gain[mask], LEVEL)
+        comparisons[mask] = ci | dict(
+            lo_px=lo, hi_px=hi, verdict=interval_verdict(ci["lo"], ci["hi"])
+        )
+    verdict = combine_verdicts([c["verdict"] for c in comparisons.values()])
+    return dict(id="gt_gains_most", metric=metric, comparisons=comparisons, verdict=verdict)
+
+
+def resolution_findings(table: dict[str, dict[int, dict]], metric: str) -> list[dict]:
+    out, by_mask = [], {}
+    for mask, by_res in table.items():
+        v = by_mask[mask] = {r: vals(row, metric) for r, row in by_res.items() if vals(row, metric)}
+        if len(v) < 2:
+            continue
+        xs, ys = zip(*((r, x) for r in v for x in v[r].values()), strict=True)
+        rho, p = spearman_exact(xs, ys)
+        lo, hi = min(v), max(v)
+        f = diff_finding(
+            f"{mask}_high_minus_low", f"{mask}: {hi} px − {lo} px", metric, v[hi], v[lo]
+        )
+        out.append(f | dict(mask=mask, rho=rho, p=p, n_points=len(xs)))
+    if GT in by_mask and len(by_mask) > 1:
+        out.append(gt_gains_most(by_mask, metric))
+    return out
+
+
+def studies(cells: list[dict]) -> str:
+    return " + ".join(sorted({c["study"] for c in cells}))
+
+
+def summarise_resolution(res_cells: list[dict], mq_cells: list[dict], refs: list[dict]) -> dict:
+    cells = resolution_points(res_cells, mq_cells)
+    keys = main_metrics(metric_keys(cells + refs))
+    groups: dict[str, dict[int, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for c in cells:
-        groups[(c["mask"], int(c["resolution"]))].append(c)
-    for (mask, res), cs in sorted(groups.items()):
-        table[mask][res] = {k: mean_std([c["metrics"][k] for c in cs])[0] for k in keys}
-    findings = {}
-    for k in keys:
-        for mask, by_res in table.items():
-            rs = sorted(by_res)
-            if len(rs) >= 2:
-                vals = [by_res[r][k] for r in rs]
-                rho = spearmanr(rs, vals)[0] if len(rs) >= 3 else np.sign(vals[-1] - vals[0])
-                findings[f"{mask}_{k}"] = {
-                    "low_to_high": vals[-1] - vals[0],
-                    "trend_rho": float(rho),
-                    "best_resolution": rs[int(np.argmax(vals))],
-                }
-    return {
-        "table": {m: dict(sorted(v.items())) for m, v in table.items()},
-        "metrics": keys,
-        "findings": findings,
+        groups[c["mask"]][int(c["resolution"])].append(c)
+    table = {
+        m: {
+            r: make_row(f"{m}@{r}", f"{r} px", studies(cs), cs, keys) for r, cs in sorted(g.items())
+        }
+        for m, g in sorted(groups.items())
     }
+    found = [f for k in keys for f in resolution_findings(table, k)]
+    s = dict(table=table, metrics=keys, references=reference_rows(refs, keys))
+    return s | dict(chance=chance_of(cells + refs), findings=found)
 
 
-def verdict(ok: bool | None) -> str:
-    return {True: "reproduced", False: "NOT reproduced", None: "not measured"}[ok]
+# ---------------------------------------------------------------- markdown
+def fnum(x, signed: bool = False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    if math.isinf(x):
+        return "+∞" if x > 0 else "-∞"
+    return f"{x:+.4f}" if signed else f"{x:.4f}"
 
 
-def graded(effect: float, noise: float) -> str:
-    """An effect in the paper's direction counts only when it exceeds the noise."""
-    if abs(effect) <= noise:
-        return "inconclusive (within the seed spread)"
-    return verdict(effect > 0)
+def fstat(d: dict | None) -> str:
+    if not d or not d.get("n"):
+        return "-"
+    std = "" if d["std"] is None else f" ± {d['std']:.4f}"
+    return f"{d['mean']:.4f}{std} ({d['n']})"
 
 
-def correlation_verdict(
-    rho: float, p: float, spread: float = float("inf"), noise: float = 0.0, alpha: float = 0.1
-) -> str:
-    """A rank correlation counts when significant AND the metric's range across mask
-    sources exceeds the seed-to-seed noise (a perfect ranking of noise-sized gaps is not
-    evidence)."""
-    if p >= alpha or rho != rho:  # not significant, or undefined (constant metric)
-        return f"inconclusive (not significant at p < {alpha})"
-    if spread <= noise:
-        return "inconclusive (range across mask sources within the seed spread)"
-    return verdict(rho > 0)
+def fci(f: dict) -> str:
+    return f"{fnum(f['diff'], True)} [{fnum(f['lo'], True)}, {fnum(f['hi'], True)}]"
 
 
-def seed_noise(s: dict, key: str) -> float:
-    """Mean seed standard deviation of ``key`` over the mask-quality rows."""
-    return float(np.mean([row[key]["std"] for row in s["rows"].values()]))
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return [*lines, *("| " + " | ".join(r) + " |" for r in rows), ""]
+
+
+def pairing(f: dict) -> str:
+    how = "paired by seed" if f["paired"] else "unpaired"
+    return f"{how}, n = {f['n_a']} vs {f['n_b']} seeds"
+
+
+def finding_line(f: dict) -> str:
+    if f["id"] == "abo_order":
+        ci = f"[{fnum(f['lo'], True)}, {fnum(f['hi'], True)}]"
+        how = "exact" if f["n_points"] <= EXACT_MAX_N else "permutation"
+        return (
+            f"- **Better masks → better transfer**: Spearman rho(abo, mean) = {f['rho']:.2f} "
+            f"over {f['n_sources']} DetCon mask sources ({', '.join(f['sources'])}); over "
+            f"all {f['n_points']} (abo, seed) points rho = {f['rho_points']:.2f}, {how} "
+            f"p = {f['p']:.3f}; rho {LEVEL:.0%} bootstrap CI {ci}: **{f['verdict']}**."
+        )
+    ratio = ""
+    if f["target"] is not None:
+        met = {True: "met", False: "NOT met", None: "not measurable"}[f["meets_target"]]
+        size = "n/a" if f["ratio"] is None else f"{f['ratio']:+.1f}"
+        ratio = f"; = {size} pooled std (target ≥ {f['target']:.0f}: {met})"
+    return f"- **{f['label']}**: {fci(f)} ({pairing(f)}){ratio}: **{f['verdict']}**."
+
+
+def probe_table(s: dict) -> list[str]:
+    cols = [k for k in PROBE_METRICS if k in s["metrics"]]
+    delta = any("vs_random" in r for r in s["rows"].values())
+    header = ["row", "method", "abo", *(METRIC_NAMES[k] for k in cols)]
+    header += [f"Δ {METRIC_NAMES[HEADLINE]} vs random init [{LEVEL:.0%} CI]"] if delta else []
+    body = []
+    for r in s["rows"].values():
+        vs = r.get("vs_random")
+        label = r["label"] + (" ⚠" if vs and vs["flag"] else "")
+        cells = [label, r["method"] or "-", fnum(r["abo"]), *(fstat(r["metrics"][k]) for k in cols)]
+        body.append(cells + ([fci(vs) if vs else "-"] if delta else []))
+    chance = ["chance", "-", "-", *(fnum(s["chance"].get(k)) for k in cols)]
+    lines = ["## Downstream probes", "", *table(header, [*body, chance + ["-"] * delta]), CAPTION]
+    flag = FLAG_NOTE.format(k=FLAG_STD, v=FLAG_STD * s["pooled_std"].get(HEADLINE, 0.0))
+    return lines + ([flag] if delta else [])
 
 
 def mask_quality_markdown(s: dict) -> str:
-    keys = s["metrics"]
-    lines = [
-        "# Mask-quality study",
-        "",
-        "DetCon-B pretrained with each mask source (and the global-mask baseline, BYOL); "
-        "mean ± std over seeds. abo = average best overlap of the masks with ground-truth "
-        "objects.",
-        "",
-        "| masks | abo | seeds | " + " | ".join(METRIC_NAMES[k] for k in keys) + " |",
-        "|---|---|---|" + "---|" * len(keys),
-    ]
-    for mask, row in s["rows"].items():
-        abo = "-" if row["abo"] is None else f"{row['abo']:.3f}"
-        vals = " | ".join(f"{row[k]['mean']:.4f} ± {row[k]['std']:.4f}" for k in keys)
-        lines.append(f"| {mask} | {abo} | {row['seeds']} | {vals} |")
-    lines += [
-        "",
-        "## Findings (paper: better masks -> better transfer; DetCon > global baseline)",
-        "",
-    ]
-    for k in keys:
-        sp = s["findings"].get(f"spearman_abo_{k}")
-        if sp:
-            means = [row[k]["mean"] for m, row in s["rows"].items() if m != GLOBAL]
-            spread, noise = max(means) - min(means), seed_noise(s, k)
-            lines.append(
-                f"- Better masks -> better {METRIC_NAMES[k]}: Spearman rho(abo, metric) = "
-                f"{sp['rho']:.2f} over {sp['n']} mask sources (p = {sp['p']:.2f}; range "
-                f"{spread:.4f} vs mean seed std {noise:.4f}): "
-                f"**{correlation_verdict(sp['rho'], sp['p'], spread, noise)}**."
-            )
-        dg = s["findings"].get(f"detcon_minus_global_{k}")
-        if dg:
-            noise = seed_noise(s, k)
-            lines.append(
-                f"- DetCon over the global baseline on {METRIC_NAMES[k]}: best mask source "
-                f"({dg['best_mask']}) {dg['delta_best']:+.4f}, average over mask sources "
-                f"{dg['delta_mean']:+.4f} (mean seed std {noise:.4f}): "
-                f"**{graded(dg['delta_mean'], noise)}**."
-            )
-    return "\n".join(lines) + "\n"
-
-
-def resolution_markdown(s: dict, noise: dict[str, float] | None = None) -> str:
-    """``noise``: per-metric seed std (from the mask-quality study) to judge the gains."""
-    keys = s["metrics"]
-    lines = [
-        "# Resolution study",
-        "",
-        "DetCon-B pretrained at each resolution per mask source (mean over seeds).",
-        "",
-    ]
-    for k in keys:
-        res = sorted({r for by_res in s["table"].values() for r in by_res})
-        lines += [
-            f"## {METRIC_NAMES[k]}",
-            "",
-            "| masks | " + " | ".join(f"{r} px" for r in res) + " |",
-            "|---|" + "---|" * len(res),
+    probe = ", ".join(map(str, s["probe_resolutions"])) or "not recorded"
+    lines = [MQ_INTRO.format(seeds=", ".join(map(str, s["seeds"])) or "none", probe=probe)]
+    if len(s["probe_resolutions"]) > 1:
+        lines += ["⚠ the records were probed at different resolutions: not comparable.", ""]
+    if not s["rows"]:
+        return "\n".join([*lines, "No records yet: nothing to report.", "", "## Findings", ""])
+    lines += probe_table(s)
+    if cls := s["classes"]:
+        per = [
+            [r["label"], *(fnum(r["metrics"][k]["mean"]) for k in cls)] for r in s["rows"].values()
         ]
-        for mask, by_res in s["table"].items():
-            lines.append(
-                f"| {mask} | "
-                + " | ".join(f"{by_res[r][k]:.4f}" if r in by_res else "-" for r in res)
-                + " |"
-            )
-        lines.append("")
-    lines += [
-        "## Findings (paper: higher resolution helps every mask type; the highest helps "
-        "ground-truth masks most)",
-        "",
-    ]
-    for k in keys:
-        gains = {
-            m: s["findings"][f"{m}_{k}"]["low_to_high"]
-            for m in s["table"]
-            if f"{m}_{k}" in s["findings"]
-        }
-        if not gains:
-            continue
-        eps = (noise or {}).get(k, 0.0)
-        helps = graded(min(gains.values()), eps) if eps else verdict(min(gains.values()) > 0)
-        gt_most = "not measured"
-        if "gt" in gains and len(gains) > 1:
-            margin = gains["gt"] - max(g for m, g in gains.items() if m != "gt")
-            gt_most = graded(min(margin, gains["gt"]), eps) if eps else verdict(margin > 0)
-        desc = ", ".join(f"{m} {g:+.4f}" for m, g in gains.items())
-        lines.append(
-            f"- {METRIC_NAMES[k]}, lowest -> highest resolution: {desc} (seed std "
-            f"{eps:.4f}). Higher resolution helps every mask source: **{helps}**; gt masks "
-            f"gain most: **{gt_most}**."
-        )
+        header = ["row", *(k.removeprefix("seg_iou_") for k in cls)]
+        lines += ["## Per-class IoU (seg probe, mean over seeds)", "", *table(header, per)]
+    if health := [k for k in HEALTH_METRICS if k in s["metrics"]]:
+        pre = [r for r in s["rows"].values() if r["kind"] == "pretrain"]
+        body = [[r["label"], *(fstat(r["metrics"][k]) for k in health)] for r in pre]
+        header = ["row", *(METRIC_NAMES[k] for k in health)]
+        lines += ["## Learning health (pretraining)", "", HEALTH_NOTE, "", *table(header, body)]
+    lines.append(MQ_FINDINGS.format(n=len(s["seeds"]), alpha=ALPHA))
+    for k in FINDING_METRICS:
+        if fs := [f for f in s["findings"] if f["metric"] == k]:
+            lines += [f"### {METRIC_NAMES[k]} (pooled seed std {s['pooled_std'][k]:.4f})", ""]
+            lines += [*(finding_line(f) for f in fs), ""]
     return "\n".join(lines) + "\n"
 
 
-def plot_mask_quality(s: dict, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = s["metrics"]
-    fig, axes = plt.subplots(
-        1, max(1, len(keys)), figsize=(4.2 * max(1, len(keys)), 3.6), squeeze=False
+def resolution_finding_line(f: dict) -> str:
+    if f["id"] != "gt_gains_most":
+        trend = f"trend rho = {fnum(f['rho'])} over {f['n_points']} points, p = {f['p']:.3f}"
+        return f"- **{f['label']}**: {fci(f)} ({pairing(f)}): **{f['verdict']}**; {trend}."
+    parts = "; ".join(
+        f"vs {m} ({c['lo_px']}→{c['hi_px']} px): {fci(c)} ({pairing(c)}), {c['verdict']}"
+        for m, c in f["comparisons"].items()
     )
-    for ax, k in zip(axes[0], keys, strict=False):
-        for mask, row in s["rows"].items():
-            x = row["abo"] if row["abo"] is not None else 0.0
-            ax.errorbar(x, row[k]["mean"], yerr=row[k]["std"], fmt="o", capsize=3, label=mask)
-            ax.annotate(mask, (x, row[k]["mean"]), textcoords="offset points", xytext=(4, 4))
-        ax.set_xlabel("mask quality (abo)")
-        ax.set_ylabel(METRIC_NAMES[k])
-        ax.grid(alpha=0.3)
-    fig.suptitle("Downstream quality vs pretraining mask quality")
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-
-
-def plot_resolution(s: dict, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = s["metrics"]
-    fig, axes = plt.subplots(
-        1, max(1, len(keys)), figsize=(4.2 * max(1, len(keys)), 3.6), squeeze=False
+    return (
+        f"- **gt gains most** (gt's gain − the other mask's): {parts or '-'}: **{f['verdict']}**."
     )
-    for ax, k in zip(axes[0], keys, strict=False):
-        for mask, by_res in s["table"].items():
-            rs = sorted(by_res)
-            ax.plot(rs, [by_res[r][k] for r in rs], "o-", label=mask)
-        ax.set_xlabel("pretraining resolution (px)")
-        ax.set_ylabel(METRIC_NAMES[k])
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle("Downstream quality vs pretraining resolution")
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+
+
+def resolution_markdown(s: dict) -> str:
+    lines = [RES_INTRO, CAPTION]
+    if not s["table"]:
+        return "\n".join([*lines, "No resolution-study cells yet: nothing to compare.", ""])
+    keys = s["metrics"]
+    refs = [
+        [r["label"], "reference", *(fstat(r["metrics"][k]) for k in keys)]
+        for r in s["references"].values()
+    ]
+    refs.append(["chance", "-", *(fnum(s["chance"].get(k)) for k in keys)])
+    header = ["resolution", "study", *(METRIC_NAMES[k] for k in keys)]
+    for mask, by_res in s["table"].items():
+        body = [
+            [r["label"], r["kind"], *(fstat(r["metrics"][k]) for k in keys)]
+            for r in by_res.values()
+        ]
+        lines += [f"## {mask}", "", *table(header, body + refs)]
+    lines.append(RES_FINDINGS)
+    for k in keys:
+        lines += [f"### {METRIC_NAMES[k]}", ""]
+        lines += [resolution_finding_line(f) for f in s["findings"] if f["metric"] == k] + [""]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- output
+def flat_rows(cells: list[dict], refs: list[dict]) -> list[dict]:
+    """One row per cell and reference run; ``row`` = mask name, "random" or "supervised"."""
+    named = [(c["mask"], c) for c in cells] + [(ref_kind(r), r) for r in refs]
+    keep = ("mask", "seed", "abo", "resolution")
+    return [
+        {"row": name, **{k: c.get(k) for k in keep}, **c.get("metrics", {})} for name, c in named
+    ]
+
+
+def finite(o):
+    """JSON-safe copy: non-finite floats (an unknown CI bound, an undefined rho) -> null."""
+    if isinstance(o, dict):
+        return {str(k): finite(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [finite(v) for v in o]
+    if isinstance(o, float | np.floating):
+        return float(o) if math.isfinite(o) else None
+    return o.item() if isinstance(o, np.generic) else o
+
+
+def write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(finite(obj), indent=1, allow_nan=False))
 
 
 def write_report(metrics_root: Path, out: Path) -> dict:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "plots").mkdir(exist_ok=True)
-    result = {}
-    mq_cells = load_cells(metrics_root, "mask_quality")
-    if mq_cells:
-        s = summarise_mask_quality(mq_cells)
-        (out / "mask_quality.md").write_text(mask_quality_markdown(s))
-        plot_mask_quality(s, out / "mask_quality.png")
-        flat = [
-            {"mask": c["mask"], "seed": c["seed"], "abo": c.get("abo"), **c["metrics"]}
-            for c in mq_cells
-        ]
-        (out / "plots" / "mask_quality.json").write_text(json.dumps(flat, indent=1))
-        result["mask_quality"] = {"summary": s, "cells": mq_cells}
-    res_cells = load_cells(metrics_root, "resolution")
-    if res_cells:
-        s = summarise_resolution(res_cells)
-        noise = {}
-        if mq_cells:
-            mq = summarise_mask_quality(mq_cells)
-            noise = {k: seed_noise(mq, k) for k in mq["metrics"]}
-        (out / "resolution.md").write_text(resolution_markdown(s, noise))
-        plot_resolution(s, out / "resolution.png")
-        flat = [
-            {"mask": c["mask"], "seed": c["seed"], "resolution": c["resolution"], **c["metrics"]}
-            for c in res_cells
-        ]
-        (out / "plots" / "resolution.json").write_text(json.dumps(flat, indent=1))
-        result["resolution"] = {"summary": s, "cells": res_cells}
-    (out / "studies.json").write_text(json.dumps(result, indent=1, default=str))
+    """Write every report file from whatever records exist; return the studies.json content."""
+    from detlab.pipelines.report_plots import plot_mask_quality, plot_resolution
+
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    mq, res, refs = (
+        load_cells(metrics_root, s) for s in ("mask_quality", "resolution", "references")
+    )
+    mq_s, res_s = summarise_mask_quality(mq, refs), summarise_resolution(res, mq, refs)
+    (out / "mask_quality.md").write_text(mask_quality_markdown(mq_s))
+    (out / "resolution.md").write_text(resolution_markdown(res_s))
+    plot_mask_quality(mq_s, out / "mask_quality.png")
+    plot_resolution(res_s, out / "resolution.png")
+    points = resolution_points(res, mq)
+    write_json(out / "plots" / "mask_quality.json", flat_rows(mq, refs))
+    write_json(out / "plots" / "resolution.json", flat_rows(points, refs))
+    ref_rows = reference_rows(refs, mq_s["metrics"] + mq_s["classes"])
+    result = {
+        "mask_quality": {"summary": mq_s, "cells": mq},
+        "resolution": {"summary": res_s, "cells": points},
+        "references": {"rows": ref_rows, "cells": refs},
+    }
+    write_json(out / "studies.json", result)
     return result
 
 
@@ -313,11 +484,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metrics", default="metrics/studies")
     p.add_argument("--out", default="reports")
     args = p.parse_args(argv)
-    result = write_report(Path(args.metrics), Path(args.out))
-    for study in result:
-        print((Path(args.out) / f"{study}.md").read_text())
-    if not result:
-        print(f"no study cells under {args.metrics}: nothing to report")
+    write_report(Path(args.metrics), Path(args.out))
+    for name in ("mask_quality.md", "resolution.md"):
+        print((Path(args.out) / name).read_text())
     return 0
 
 

@@ -1,14 +1,23 @@
-"""DVC stage program for one study cell: pretrain through the platform, evaluate, record.
+"""DVC stage program for one study cell: pretrain through the platform, probe, record.
 
     python -m detlab.pipelines.study mask_quality --mask fh --seed 0
-    python -m detlab.pipelines.study resolution --mask gt --resolution 64 --seed 0
+    python -m detlab.pipelines.study resolution --mask gt --resolution 32 --seed 0
+    python -m detlab.pipelines.study reference --kind random --seed 0
 
 The cell's settings come from ``params.yaml`` (key ``studies``): overrides shared by every
 cell, the study's own, and the cell's (``studies.<study>.cells.<mask>``), so changing one
 mask source's overrides reruns only its cells. Pretraining runs where ``studies.cluster``
 says (local in-process by default; ``slurm`` submits and waits). The checkpoint folder is
-keyed by a hash of the cell's overrides and the training code, so a failed or killed cell resumes from its last
-checkpoint, while a changed cell (or changed training code) starts afresh. Output: ``metrics/studies/<study>/<cell>.json``.
+keyed by a hash of the cell's overrides and the training code, so a failed or killed cell
+resumes from its last checkpoint, while a changed cell (or changed training code) starts
+afresh. Output: ``metrics/studies/<study>/<cell>.json``.
+
+Every cell is probed the same way at ``studies.probe_resolution`` (so the resolution study
+varies the pretraining resolution only). The references give the probes a scale:
+``random`` is the same backbone randomly initialised (what pretraining must beat) and
+``supervised`` is the backbone trained on the segmentation labels with a pretraining cell's
+budget (steps x batch, resolution, crops), an upper bound at this budget. Both are logged
+to MLflow as runs of each study's experiment (tag ``detlab.role=reference``).
 """
 
 from __future__ import annotations
@@ -26,6 +35,9 @@ from detlab.platform.config import TrackingConfig
 from detlab.platform.tracking import RunLogger, create_run
 
 BASELINE = {"global": "method=byol"}  # the global-mask cell is the image-level baseline
+STUDIES = ("mask_quality", "resolution")
+REFERENCES = ("random", "supervised")
+HEALTH = ("loss", "rep_std", "knn_top1")  # last logged values of the pretraining run
 
 
 def code_fingerprint() -> str:
@@ -43,6 +55,11 @@ def code_fingerprint() -> str:
 
 def cell_name(study: str, mask: str, seed: int, resolution: int | None) -> str:
     return f"{mask}-s{seed}" if study == "mask_quality" else f"{mask}-r{resolution}-s{seed}"
+
+
+def probe_resolution(params: dict) -> int:
+    st = params["studies"]
+    return int(st.get("probe_resolution") or st["mask_quality"]["resolution"])
 
 
 def cell_overrides(params: dict, study: str, mask: str, seed: int, resolution: int) -> list[str]:
@@ -92,32 +109,37 @@ def pretrain(cfg, cluster: str):
     return submit_and_wait(cfg)
 
 
-def evaluate(cfg, evals: list[str], overrides: list[str], run_id: str) -> dict[str, float]:
+def probe(backbone, overrides: list[str], evals: list[str], resolution: int) -> dict:
+    """Run the study's probes on ``backbone`` at ``resolution``; flat metrics plus the
+    chance levels and class names the report draws."""
     from detlab.methods.eval import run_eval
-    from detlab.platform.checkpoint import load_backbone
     from detlab.platform.distributed import resolve_device
 
+    cfg = compose(overrides)
     device = resolve_device(cfg.train.device)
-    backbone = load_backbone(str(Path(cfg.train.out_dir) / "checkpoint.pt"), cfg.backbone).to(
-        device
-    )
     metrics: dict[str, float] = {}
     for name in evals:
-        ecfg = compose([*overrides, f"eval={name}", f"eval.resolution={cfg.aug.resolution}"])
-        res = run_eval(ecfg.eval, backbone, ecfg.data, device)
+        ecfg = compose([*overrides, f"eval={name}", f"eval.resolution={resolution}"])
         metrics.update(
             {
-                f"{name}_{k}" if not k.startswith(name) else k: float(v)
-                for k, v in res.items()
-                if isinstance(v, int | float)
+                k: float(v)
+                for k, v in run_eval(ecfg.eval, backbone.to(device), ecfg.data, device).items()
             }
         )
-    logger = RunLogger(
-        TrackingConfig(uri=cfg.tracking.uri, experiment=cfg.tracking.experiment, run_id=run_id)
+    from detlab.pipelines.datasets import open_dataset
+
+    classes = list(
+        open_dataset(cfg.data.root, cfg.data.train_split, format=cfg.data.format).classes
     )
-    logger.log_metrics(metrics, step=cfg.train.steps)
-    logger.finish("FINISHED")
-    return metrics
+    return {"metrics": metrics, "chance": {"linear_top1": 1 / len(classes)}, "classes": classes}
+
+
+def health(tracking_uri: str, run_id: str) -> dict[str, float]:
+    """Learning health of a pretraining run: its last loss, collapse monitor and kNN."""
+    from mlflow.tracking import MlflowClient
+
+    logged = MlflowClient(tracking_uri).get_run(run_id).data.metrics
+    return {("final_loss" if k == "loss" else k): float(logged[k]) for k in HEALTH if k in logged}
 
 
 def run_cell(
@@ -130,7 +152,7 @@ def run_cell(
     outputs_root: Path,
 ) -> dict:
     st = params["studies"]
-    resolution = int(resolution or st[study]["resolution"])
+    resolution = int(resolution or st[study].get("resolution") or probe_resolution(params))
     name = cell_name(study, mask, seed, resolution)
     overrides = cell_overrides(params, study, mask, seed, resolution)
     key = hashlib.sha256("\n".join([*overrides, code_fingerprint()]).encode()).hexdigest()[:8]
@@ -148,7 +170,16 @@ def run_cell(
     t0 = time.time()
     run_id = pretrain(cfg, st.get("cluster", "local"))
     t1 = time.time()
-    metrics = evaluate(cfg, st["evals"], overrides, run_id)
+    from detlab.platform.checkpoint import load_backbone
+
+    backbone = load_backbone(str(Path(cfg.train.out_dir) / "checkpoint.pt"), cfg.backbone)
+    probed = probe(backbone, overrides, st["evals"], probe_resolution(params))
+    metrics = {**probed["metrics"], **health(tracking_uri, run_id)}
+    logger = RunLogger(
+        TrackingConfig(uri=tracking_uri, experiment=tracking.experiment, run_id=run_id)
+    )
+    logger.log_metrics(probed["metrics"], step=cfg.train.steps)
+    logger.finish("FINISHED")
     quality_file = Path(params.get("quality_dir", "metrics/mask_quality")) / f"{mask}.json"
     quality = json.loads(quality_file.read_text()) if quality_file.exists() else {}
     from mlflow.tracking import MlflowClient
@@ -156,35 +187,125 @@ def run_cell(
     client = MlflowClient(tracking_uri)  # the cell's row in the study: tags + mask quality
     client.set_tag(run_id, "detlab.study", study)
     client.set_tag(run_id, "detlab.cell", name)
-    for key in ("abo", "recall50"):
-        if quality.get(key) is not None:
-            client.log_metric(run_id, f"mask_{key}", float(quality[key]))
+    client.set_tag(run_id, "detlab.role", "cell")
+    for q in ("abo", "recall50"):
+        if quality.get(q) is not None:
+            client.log_metric(run_id, f"mask_{q}", float(quality[q]))
     record = {
         "study": study,
         "cell": name,
         "mask": mask,
         "seed": seed,
         "resolution": resolution,
+        "probe_resolution": probe_resolution(params),
         "method": cfg.method.name,
         "abo": quality.get("abo"),
         "recall50": quality.get("recall50"),
         "metrics": metrics,
+        "chance": probed["chance"],
+        "classes": probed["classes"],
         "mlflow_run_id": run_id,
         "mlflow_parent_run_id": parent,
         "pretrain_seconds": round(t1 - t0, 1),
         "eval_seconds": round(time.time() - t1, 1),
         "overrides": overrides,
     }
-    out = metrics_root / study / f"{name}.json"
+    return write_record(record, metrics_root / study / f"{name}.json")
+
+
+def write_record(record: dict, out: Path) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1))
     return record
 
 
+def reference_overrides(params: dict, seed: int) -> list[str]:
+    st = params["studies"]
+    return [
+        *st["common"],
+        *(st.get("references", {}) or {}).get("overrides", []),
+        f"data.root={params['prepare']['out']}",
+        f"train.seed={seed}",
+        f"aug.resolution={st['mask_quality']['resolution']}",
+    ]
+
+
+def run_reference(params: dict, kind: str, seed: int, metrics_root: Path) -> dict:
+    """A reference row: the study backbone randomly initialised (``random``) or trained on
+    the segmentation labels with a pretraining cell's budget (``supervised``), probed like
+    every cell and logged to each study's MLflow experiment."""
+    from detlab.methods.backbones import build_backbone
+    from detlab.platform.train import seed_everything
+
+    if kind not in REFERENCES:
+        raise ValueError(f"reference kind {kind!r} is not one of {REFERENCES}")
+    st = params["studies"]
+    overrides = reference_overrides(params, seed)
+    cfg = compose(overrides)
+    seed_everything(seed, cfg.train.deterministic, cfg.train.threads)
+    backbone = build_backbone(cfg.backbone)
+    t0 = time.time()
+    if kind == "supervised":
+        from detlab.methods.eval.supervised import train_supervised
+        from detlab.pipelines.datasets import open_dataset
+
+        ref = st.get("references", {}) or {}
+        images = open_dataset(cfg.data.root, cfg.data.train_split, format=cfg.data.format)
+        backbone = train_supervised(
+            backbone,
+            images,
+            resolution=cfg.aug.resolution,
+            steps=cfg.train.steps,
+            batch_size=cfg.train.batch_size,
+            crop_scale=tuple(cfg.aug.crop_scale),
+            lr=float(ref.get("supervised_lr", 2e-3)),
+            seed=seed,
+        )
+    t1 = time.time()
+    probed = probe(backbone, overrides, st["evals"], probe_resolution(params))
+    name = f"{kind}-s{seed}"
+    tracking_uri = st.get("tracking_uri", "sqlite:///mlflow.db")
+    run_ids = {}
+    for study in STUDIES:
+        tracking = TrackingConfig(uri=tracking_uri, experiment=f"study-{study}")
+        logger = RunLogger(
+            TrackingConfig(
+                uri=tracking_uri,
+                experiment=tracking.experiment,
+                run_name=f"reference: {name}",
+                parent_run_id=parent_run(tracking, study),
+                tags={"detlab.study": study, "detlab.role": "reference", "detlab.cell": name},
+            )
+        )
+        logger.log_params({"reference": kind, "seed": seed, "resolution": cfg.aug.resolution,
+                           "backbone": cfg.backbone.name, "steps": cfg.train.steps})  # fmt: skip
+        logger.log_metrics(probed["metrics"], step=0)
+        logger.finish("FINISHED")
+        run_ids[study] = logger.run_id
+    record = {
+        "study": "references",
+        "kind": kind,
+        "cell": name,
+        "mask": None,
+        "seed": seed,
+        "resolution": int(cfg.aug.resolution),
+        "probe_resolution": probe_resolution(params),
+        "metrics": probed["metrics"],
+        "chance": probed["chance"],
+        "classes": probed["classes"],
+        "mlflow_run_ids": run_ids,
+        "train_seconds": round(t1 - t0, 1),
+        "eval_seconds": round(time.time() - t1, 1),
+        "overrides": overrides,
+    }
+    return write_record(record, metrics_root / "references" / f"{name}.json")
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Run one study cell (a DVC stage).")
-    p.add_argument("study", choices=["mask_quality", "resolution"])
-    p.add_argument("--mask", required=True)
+    p = argparse.ArgumentParser(description="Run one study cell or reference (a DVC stage).")
+    p.add_argument("study", choices=[*STUDIES, "reference"])
+    p.add_argument("--mask", help="mask source (studies)")
+    p.add_argument("--kind", choices=REFERENCES, help="reference kind (reference)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resolution", type=int, default=None)
     p.add_argument("--params", default="params.yaml")
@@ -192,6 +313,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--outputs", default="outputs/studies")
     args = p.parse_args(argv)
     params = yaml.safe_load(Path(args.params).read_text())
+    if args.study == "reference":
+        if not args.kind:
+            p.error("reference needs --kind random|supervised")
+        rec = run_reference(params, args.kind, args.seed, Path(args.metrics))
+        print(json.dumps({k: rec[k] for k in ("cell", "metrics", "train_seconds")}))
+        return 0
+    if not args.mask:
+        p.error(f"{args.study} needs --mask")
     rec = run_cell(
         params,
         args.study,

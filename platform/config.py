@@ -156,6 +156,7 @@ class EvalConfig:
     weight_decay: float = 0.0
     finetune: bool = False  # seg: fine-tune the backbone instead of freezing it
     head: str = "linear"  # seg: linear (1x1 conv on C5) | fpn (over C2-C5)
+    balanced: bool = True  # seg linear probe: classes weighted by inverse pixel frequency
     steps: int = 1000  # det: fine-tuning iterations
     resolution: int = 224
     max_images: int | None = None

@@ -94,10 +94,19 @@ def dense_features(backbone: nn.Module, x: Tensor, batch_size: int, device) -> T
 
 
 def fit_linear_seg(
-    feats: Tensor, labels: Tensor, num_classes: int, iters: int, weight_decay: float
+    feats: Tensor,
+    labels: Tensor,
+    num_classes: int,
+    iters: int,
+    weight_decay: float,
+    balanced: bool = True,
 ) -> tuple[Tensor, Tensor, nn.Conv2d]:
     """Standardise ``feats`` [N, C, h, w], fit a 1x1 conv to ``labels`` [N, H, W] by L-BFGS;
     returns (mean, std, head) for ``predict_linear_seg``.
+
+    ``balanced``: classes weighted by inverse pixel frequency (scikit-learn's "balanced":
+    n_pixels / (n_classes x count)), so a background that covers most pixels cannot win every
+    pixel of a weak feature map; the probe then measures what the features separate.
 
     A 1x1 conv commutes with bilinear upsampling, so the features are upsampled once to twice
     their size and the labels taken there (nearest): the fit then costs one small matmul per
@@ -118,11 +127,15 @@ def fit_linear_seg(
     opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=max(1, iters),
                             line_search_fn="strong_wolfe")  # fmt: skip
     decay = max(weight_decay, 1e-6)
+    weight = None
+    if balanced:
+        counts = torch.bincount(y, minlength=num_classes).float()
+        weight = torch.where(counts > 0, len(y) / (num_classes * counts.clamp_min(1)), 0.0)
 
     def closure():
         opt.zero_grad()
         logits = F.linear(x, head.weight[:, :, 0, 0], head.bias)  # [P, K]
-        loss = F.cross_entropy(logits, y) + decay * head.weight.pow(2).sum()
+        loss = F.cross_entropy(logits, y, weight=weight) + decay * head.weight.pow(2).sum()
         loss.backward()
         return loss
 
@@ -154,7 +167,9 @@ def seg_probe(backbone, train_images, val_images, cfg, device, progress=True) ->
     xva, yva = load_split(val_images, cfg.resolution)
     if cfg.head == "linear" and not cfg.finetune:
         ftr = dense_features(backbone, xtr, cfg.batch_size, device)
-        mean, std, head = fit_linear_seg(ftr, ytr, num_classes, cfg.epochs, cfg.weight_decay)
+        mean, std, head = fit_linear_seg(
+            ftr, ytr, num_classes, cfg.epochs, cfg.weight_decay, cfg.balanced
+        )
         fva = dense_features(backbone, xva, cfg.batch_size, device)
         pred = predict_linear_seg(fva, mean, std, head, yva.shape[-2:])
         out = seg_scores(confusion_matrix(pred, yva, num_classes), names)

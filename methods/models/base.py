@@ -23,6 +23,16 @@ def ema_tau(base: float, step: int, total_steps: int) -> float:
     return 1 - (1 - base) * (math.cos(math.pi * step / max(1, total_steps)) + 1) / 2
 
 
+@torch.no_grad()
+def embedding_std(z: Tensor) -> Tensor:
+    """Collapse monitor (SimSiam): z [N, D] -> the per-dimension std over N of the
+    L2-normalised embeddings, averaged over D. ~1/sqrt(D) when healthy, 0 when collapsed."""
+    z = torch.nn.functional.normalize(z.detach().float().flatten(0, -2), dim=-1)
+    if z.shape[0] < 2:  # no spread to measure (e.g. no mask present in the batch)
+        return z.new_tensor(float("nan"))
+    return z.std(0).mean()
+
+
 def make_target(online: nn.Module) -> nn.Module:
     """A frozen copy of ``online`` updated only by EMA."""
     target = copy.deepcopy(online)

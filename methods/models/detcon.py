@@ -14,7 +14,7 @@ from torch import Tensor
 
 from detlab.methods.heads import mlp
 from detlab.methods.losses import detcon_loss
-from detlab.methods.models.base import Method
+from detlab.methods.models.base import Method, embedding_std
 from detlab.methods.ops import all_gather_with_grad, concat_all_gather, gather_offset
 from detlab.methods.pooling import (
     hashed_uniform,
@@ -67,7 +67,11 @@ class DetConS(Method):
             cross_image_negatives=self.cfg.cross_image_negatives,
             offset=gather_offset(z_a.shape[0]),
         )
-        return {"loss": loss, "masks_present": (ids_b >= 0).float().mean()}
+        return {
+            "loss": loss,
+            "masks_present": (ids_b >= 0).float().mean(),
+            "rep_std": embedding_std(z_a[ids_a >= 0]),
+        }
 
 
 class DetConB(Method):
@@ -82,10 +86,11 @@ class DetConB(Method):
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         feats = [self.encoder(batch[v]) for v in ("view1", "view2")]  # [B, C, h, w] each
         ids_a, ids_b, masks_a, masks_b = sample_masks(batch, tuple(feats[0].shape[-2:]), self.cfg)
-        preds, targets = [], []
+        preds, targets, projections = [], [], []
         for x, view, masks in zip(feats, ("view1", "view2"), (masks_a, masks_b), strict=True):
             pooled = mask_pool_features(x, masks)  # [B, M, C]
             z = self.projector(pooled.flatten(0, 1))  # [B*M, D]
+            projections.append(z)
             preds.append(self.predictor(z).view(*pooled.shape[:2], -1))
             with torch.no_grad():
                 t = mask_pool_features(self.target_encoder(batch[view]), masks)
@@ -103,4 +108,9 @@ class DetConB(Method):
             cross_image_negatives=self.cfg.cross_image_negatives,
             offset=gather_offset(preds[0].shape[0]),
         )
-        return {"loss": loss, "masks_present": (ids_b >= 0).float().mean()}
+        present = (ids_a >= 0).flatten()  # [B*M]
+        return {
+            "loss": loss,
+            "masks_present": (ids_b >= 0).float().mean(),
+            "rep_std": embedding_std(projections[0][present]),
+        }

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from detlab.methods.heads import mlp
 from detlab.methods.losses import byol_loss, moco_loss, nt_xent_loss, vicreg_terms
-from detlab.methods.models.base import Method
+from detlab.methods.models.base import Method, embedding_std
 from detlab.methods.ops import all_gather_with_grad, concat_all_gather, gather_offset
 from detlab.platform.config import AugConfig, BackboneConfig, MethodConfig
 
@@ -29,7 +29,7 @@ class SimCLR(Method):
         loss = nt_xent_loss(
             z_a, z_b, self.cfg.temperature, gather_offset(z_a.shape[0]), all_a=all_a, all_b=all_b
         )
-        return {"loss": loss}
+        return {"loss": loss, "rep_std": embedding_std(z_a)}
 
 
 class BYOL(Method):
@@ -43,11 +43,12 @@ class BYOL(Method):
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         # each view is its own forward pass (own BN statistics), as in the official BYOL
-        p_a, p_b = (self.predictor(self.projector(self.encoder.pooled(batch[v]))) for v in VIEWS)
+        z_a, z_b = (self.projector(self.encoder.pooled(batch[v])) for v in VIEWS)
+        p_a, p_b = self.predictor(z_a), self.predictor(z_b)
         with torch.no_grad():
             t_a, t_b = (self.target_projector(self.target_encoder.pooled(batch[v])) for v in VIEWS)
         loss = byol_loss(p_a, t_b) + byol_loss(p_b, t_a)
-        return {"loss": loss}
+        return {"loss": loss, "rep_std": embedding_std(z_a)}
 
 
 class MoCoV2(Method):
@@ -76,7 +77,7 @@ class MoCoV2(Method):
         loss = moco_loss(q, k, self.queue.clone(), self.cfg.temperature)
         if self.training:
             self._pending = concat_all_gather(k)  # enqueued after the optimiser step
-        return {"loss": loss}
+        return {"loss": loss, "rep_std": embedding_std(q)}
 
     @torch.no_grad()
     def update_target(self, step: int, total_steps: int) -> dict[str, float]:
@@ -104,4 +105,8 @@ class VICReg(Method):
         c = self.cfg
         loss = c.vicreg_sim * t["invariance"] + c.vicreg_var * t["variance"]
         loss = loss + c.vicreg_cov * t["covariance"]
-        return {"loss": loss, **{k: v.detach() for k, v in t.items()}}
+        return {
+            "loss": loss,
+            "rep_std": embedding_std(z_a),
+            **{k: v.detach() for k, v in t.items()},
+        }

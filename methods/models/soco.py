@@ -14,7 +14,7 @@ from torch import Tensor
 
 from detlab.methods.heads import BoxNeck, mlp
 from detlab.methods.losses import soco_loss
-from detlab.methods.models.base import Method
+from detlab.methods.models.base import Method, embedding_std
 from detlab.platform.config import AugConfig, BackboneConfig, MethodConfig
 
 VIEWS = (("v1", "boxes1"), ("v2", "boxes2"), ("v3", "boxes3"))
@@ -60,4 +60,8 @@ class SoCo(Method):
             + soco_loss(preds[1], targets[0], valid)
             + soco_loss(preds[2], targets[0], valid)
         )
-        return {"loss": loss, "boxes_valid": valid.float().sum(1).mean()}
+        return {
+            "loss": loss,
+            "boxes_valid": valid.float().sum(1).mean(),
+            "rep_std": embedding_std(online[0][valid]),
+        }

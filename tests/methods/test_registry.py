@@ -72,6 +72,7 @@ def test_each_method_trains_its_backbone(name):
     _, method = tiny(name)
     out = method(batch_for(method))
     assert torch.isfinite(out["loss"]) and out["loss"].ndim == 0
+    assert 0 < float(out["rep_std"]) <= 1  # every method reports the collapse monitor
     out["loss"].backward()
     grads = [p.grad for p in method.backbone.parameters()]
     assert all(g is not None for g in grads) and any(float(g.abs().sum()) > 0 for g in grads)
@@ -132,3 +133,15 @@ def test_hashed_mask_samples_do_not_depend_on_batch_position():
     # roughly uniform over present ids across many keys
     u = hashed_uniform(torch.arange(5000), 3, 4)
     assert 0.45 < float(u.mean()) < 0.55 and float(u.min()) >= 0 and float(u.max()) < 1
+
+
+def test_embedding_std_reads_collapse():
+    from detlab.methods.models.base import embedding_std
+
+    gen = torch.Generator().manual_seed(0)
+    spread = torch.randn(4096, 64, generator=gen)
+    # isotropic unit vectors in D dims: per-dimension std 1/sqrt(D)
+    assert float(embedding_std(spread)) == pytest.approx(64**-0.5, rel=0.05)
+    collapsed = torch.ones(4096, 64) + 1e-4 * spread
+    assert float(embedding_std(collapsed)) < 1e-3
+    assert torch.isnan(embedding_std(spread[:1]))  # one sample: no spread to measure

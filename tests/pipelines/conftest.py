@@ -199,7 +199,9 @@ def tiny_params():
         ]  # fmt: skip
         st["mask_quality"].update(masks=["grid", "gt", "global"], seeds=[0, 1], resolution=32,
                                   cells={"grid": [], "gt": [], "global": []})  # fmt: skip
-        st["resolution"].update(masks=["gt"], resolutions=[32, 40], seeds=[0], cells={"gt": []})
+        st["resolution"].update(masks=["gt"], resolutions=[40], seeds=[0], cells={"gt": []})
+        st["references"].update(kinds=["random", "supervised"], seeds=[0])
+        st["probe_resolution"] = 32
         return params
 
     return make

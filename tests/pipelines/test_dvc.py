@@ -41,16 +41,23 @@ def test_dvc_repro_end_to_end(tmp_path, tiny_params):
 
     ran, _ = repro(work)
     assert {"prepare", "masks@fh", "mask_quality@gt", "study_mask_quality@gt-1",
-            "study_resolution@gt-40-0", "report"} <= ran  # fmt: skip
+            "study_resolution@gt-40-0", "study_reference@random-0",
+            "study_reference@supervised-0", "report"} <= ran  # fmt: skip
     quality = json.loads((work / "metrics/mask_quality/gt.json").read_text())
     assert quality["abo"] == 1.0
     cell = json.loads((work / "metrics/studies/mask_quality/grid-s0.json").read_text())
-    assert {"linear_top1", "seg_miou"} <= set(cell["metrics"]) and cell["abo"] < 1.0
+    assert {"linear_top1", "seg_miou_objects", "final_loss", "rep_std"} <= set(cell["metrics"])
+    assert cell["abo"] < 1.0 and cell["probe_resolution"] == 32
+    for kind in ("random", "supervised"):
+        ref = json.loads((work / f"metrics/studies/references/{kind}-s0.json").read_text())
+        assert ref["kind"] == kind and "seg_miou_objects" in ref["metrics"]
     for name in ("mask_quality.md", "mask_quality.png", "resolution.md", "resolution.png",
                  "studies.json"):  # fmt: skip
         assert (work / "reports" / name).stat().st_size > 100, name
-    findings = (work / "reports/mask_quality.md").read_text().split("## Findings")[1]
-    assert re.search(r"\*\*(reproduced|NOT reproduced|inconclusive[^*]*)\*\*", findings)
+    report = (work / "reports/mask_quality.md").read_text()
+    assert "random init" in report and "supervised" in report  # the reference rows
+    findings = report.split("## Findings")[1]
+    assert re.search(r"\*\*(reproduced|reversed|inconclusive[^*]*)\*\*", findings)
 
     ran, out = repro(work)
     assert ran == set() and "up to date" in out  # nothing reruns

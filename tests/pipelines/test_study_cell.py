@@ -33,3 +33,29 @@ def test_a_cell_run_twice_gives_identical_metrics(tiny_shapes, tiny_params, tmp_
     # exactly, not approximately (json: a class absent from both splits is nan in both)
     assert json.dumps(first, sort_keys=True) == json.dumps(second, sort_keys=True)
     assert records[0]["mlflow_run_id"] != records[1]["mlflow_run_id"]  # two real runs
+
+
+def test_references_are_probed_like_cells_and_logged_to_each_study(
+    tiny_shapes, tiny_params, tmp_path
+):
+    from mlflow.tracking import MlflowClient
+
+    from detlab.pipelines.study import run_reference
+
+    params = tiny_params(yaml.safe_load((REPO / "params.yaml").read_text()), tmp_path)
+    params["prepare"]["out"] = str(tiny_shapes)
+    random_a = run_reference(params, "random", 0, tmp_path / "a")
+    random_b = run_reference(params, "random", 0, tmp_path / "b")
+    supervised = run_reference(params, "supervised", 0, tmp_path / "a")
+    assert json.dumps(random_a["metrics"], sort_keys=True) == json.dumps(
+        random_b["metrics"], sort_keys=True
+    )  # the same init for the same seed
+    assert supervised["metrics"] != random_a["metrics"]  # it trained
+    assert (tmp_path / "a/references/supervised-s0.json").exists()
+    assert random_a["chance"]["linear_top1"] == pytest.approx(1 / len(random_a["classes"]))
+    client = MlflowClient(params["studies"]["tracking_uri"])
+    for study in ("mask_quality", "resolution"):
+        run = client.get_run(supervised["mlflow_run_ids"][study])
+        assert run.data.tags["detlab.role"] == "reference"
+        assert run.info.status == "FINISHED"
+        assert run.data.metrics["seg_miou_objects"] == supervised["metrics"]["seg_miou_objects"]

@@ -1,0 +1,108 @@
+"""Does the study protocol still learn? Random init vs pretrained probe scores, and the
+effect-to-noise ratios the study's acceptance rests on, for a few cells and seeds.
+
+    python tests/benchmarks/bench_study_signal.py                 # train: seeds 100-102
+    python tests/benchmarks/bench_study_signal.py --seeds 100 101 --masks gt global
+    python tests/benchmarks/bench_study_signal.py --metrics metrics/studies   # read only
+    python tests/benchmarks/bench_study_signal.py --set train.steps=1000   # a bigger budget
+
+Training runs the real study code (``detlab.pipelines.study``) with ``params.yaml``'s protocol
+on the dataset and masks that ``dvc repro`` built (``data/``), into a temporary folder and a
+temporary MLflow store. The default seeds (>= 100) are the protocol's tuning seeds, apart
+from the reported ones (0..2). Prints per row mean ± std over seeds of the headline metric
+(object-class mIoU of the frozen linear segmentation probe) and, for each pretrained row,
+(row - random init) / pooled seed std and (gt - global) / pooled seed std: the study asks
+for >= 3 and >= 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from detlab.pipelines.stats import paired_diff_ci, pooled_std
+
+HEADLINE = "seg_miou_objects"
+
+
+def train_records(params: dict, masks: list[str], seeds: list[int], root: Path) -> list[dict]:
+    from detlab.pipelines.study import run_cell, run_reference
+
+    params["studies"]["tracking_uri"] = f"sqlite:///{root}/mlflow.db"
+    params["quality_dir"] = "metrics/mask_quality"
+    records = []
+    for seed in seeds:
+        t0 = time.time()
+        records.append(run_reference(params, "random", seed, root / "metrics"))
+        for mask in masks:
+            records.append(
+                run_cell(params, "mask_quality", mask, seed, None, root / "metrics", root / "out")
+            )
+        print(f"seed {seed}: {time.time() - t0:.0f} s", flush=True)
+    return records
+
+
+def read_records(folder: Path) -> list[dict]:
+    return [
+        json.loads(p.read_text())
+        for sub in ("mask_quality", "references")
+        for p in sorted((folder / sub).glob("*.json"))
+    ]
+
+
+def row_of(record: dict) -> str:
+    return record.get("kind") or record["mask"]
+
+
+def report(records: list[dict]) -> None:
+    by_row: dict[str, dict[int, float]] = {}
+    for r in records:
+        if HEADLINE in r["metrics"]:
+            by_row.setdefault(row_of(r), {})[int(r["seed"])] = r["metrics"][HEADLINE]
+    pretrained = [k for k in by_row if k not in ("random", "supervised")]
+    noise = pooled_std([list(by_row[k].values()) for k in pretrained])
+    print(f"\n{HEADLINE}; pooled seed std over pretrained rows = {noise:.4f}")
+    print(f"{'row':<12}{'mean':>8}{'std':>8}{'n':>3}   Δ vs random [95% CI]      Δ/std")
+    random = by_row.get("random", {})
+    for row, vals in by_row.items():
+        v = np.array(list(vals.values()))
+        line = f"{row:<12}{v.mean():8.4f}{v.std(ddof=1) if len(v) > 1 else 0:8.4f}{len(v):3d}"
+        if random and row != "random":
+            ci = paired_diff_ci(vals, random)
+            ratio = ci["diff"] / noise if noise else float("nan")
+            line += f"   {ci['diff']:+.4f} [{ci['lo']:+.4f}, {ci['hi']:+.4f}]   {ratio:+.1f}"
+        print(line)
+    if "gt" in by_row and "global" in by_row:
+        ci = paired_diff_ci(by_row["gt"], by_row["global"])
+        print(
+            f"gt - global: {ci['diff']:+.4f} [{ci['lo']:+.4f}, {ci['hi']:+.4f}] = "
+            f"{ci['diff'] / noise if noise else float('nan'):+.1f} pooled std (target >= 2)"
+        )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[100, 101, 102])
+    p.add_argument("--masks", nargs="+", default=["gt", "global"])
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--metrics", type=Path, help="read these study records instead of training")
+    p.add_argument("--set", nargs="*", default=[], help="overrides added to studies.common")
+    args = p.parse_args()
+    if args.metrics:
+        records = read_records(args.metrics)
+    else:
+        params = yaml.safe_load(Path(args.params).read_text())
+        params["studies"]["common"] += args.set
+        root = Path(tempfile.mkdtemp(prefix="bench-study-signal-"))
+        records = train_records(params, args.masks, args.seeds, root)
+    report(records)
+
+
+if __name__ == "__main__":
+    main()
