@@ -46,7 +46,9 @@ def normalise_params(sweep: DictConfig) -> DictConfig:
             raise SweepError(
                 f"sweep.params.{name}: {msg} (fields: {list(ParamSpec.__dataclass_fields__)})"
             ) from None
-    out = OmegaConf.create(OmegaConf.to_container(sweep))
+    # resolved: a detached copy cannot see the root its interpolations point into
+    # (``out_dir: outputs/sweeps/${sweep.name}``)
+    out = OmegaConf.create(OmegaConf.to_container(sweep, resolve=True))
     out.params = specs
     return out
 

@@ -67,6 +67,17 @@ def test_validation_errors_name_the_key(sweep_args, capsys):
     assert "is not reachable" in capsys.readouterr().err
 
 
+def test_default_out_dir_resolves_from_the_sweep_name():
+    """The README's command sets no sweep.out_dir: the default interpolation must resolve."""
+    from detlab.platform.compose import compose
+    from detlab.sweeps.space import normalise_params
+
+    sweep = normalise_params(compose(["sweep=detcon"]).sweep)
+    assert sweep.out_dir == "outputs/sweeps/detcon"
+    renamed = normalise_params(compose(["sweep=detcon", "sweep.name=mine"]).sweep)
+    assert renamed.out_dir == "outputs/sweeps/mine"
+
+
 def test_sqlite_on_nfs_is_refused(monkeypatch, tmp_path):
     from detlab.sweeps import storage
     from detlab.sweeps.space import SweepError
