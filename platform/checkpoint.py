@@ -146,6 +146,31 @@ def load_backbone(path_or_run_id: str, cfg: BackboneConfig, tracking_uri: str | 
     return backbone
 
 
+def is_torchvision_geometry(cfg: BackboneConfig) -> bool:
+    """True when ``torchvision.models.<name>()`` has exactly this backbone's shapes."""
+    return (
+        not cfg.name.startswith("timm:")
+        and float(cfg.width) == 1.0
+        and not cfg.small_stem
+        and int(cfg.last_stride) == 2
+    )
+
+
+def load_hint(cfg: BackboneConfig, path: Path) -> str:
+    """One line of Python that loads an export of this backbone (strictly)."""
+    load = f"torch.load('{path}', weights_only=True)"
+    if is_torchvision_geometry(cfg):
+        return f"import torch, torchvision; torchvision.models.{cfg.name}().load_state_dict({load})"
+    args = (
+        f"'{cfg.name}', width={float(cfg.width)}, small_stem={bool(cfg.small_stem)}, "
+        f"stem_stride={int(cfg.stem_stride)}, last_stride={int(cfg.last_stride)}"
+    )
+    return (
+        "import torch; from detlab.methods.backbones import Backbone; "
+        f"Backbone({args}).load_state_dict({load})"
+    )
+
+
 def export_command(cfg: DictConfig) -> int:
     """`detlab export checkpoint=<path|run id>`: torchvision-compatible backbone weights."""
     if not cfg.checkpoint:
@@ -159,8 +184,19 @@ def export_command(cfg: DictConfig) -> int:
         print(f"detlab export: {exc}")
         return 2
     out = Path(cfg.export_path or Path(state["path"]).with_name("backbone_torchvision.pt"))
-    save_atomic(backbone.torchvision_state_dict(), out)
+    weights = backbone.torchvision_state_dict()
+    standard = is_torchvision_geometry(bb_cfg)
+    if not standard:  # no torchvision constructor: the untrained fc would only get in the way
+        weights = {k: v for k, v in weights.items() if not k.startswith("fc.")}
+    save_atomic(weights, out)
     print(f"wrote {out} ({state['method_name']}, step {state['step']}, {bb_cfg.name})")
-    print(f"load with: torchvision.models.{bb_cfg.name}().load_state_dict(torch.load('{out}'))")
-    print("(the 1000-way fc is torchvision's initialisation: pretraining does not train it)")
+    print(f"load with: {load_hint(bb_cfg, out)}")
+    if standard:
+        print("(the 1000-way fc is torchvision's initialisation: pretraining does not train it)")
+    else:
+        print(
+            f"(width {bb_cfg.width}, small_stem={bb_cfg.small_stem}, last_stride="
+            f"{bb_cfg.last_stride}: no torchvision constructor builds this {bb_cfg.name}; "
+            "detlab's Backbone, a torchvision ResNet subclass, does)"
+        )
     return 0

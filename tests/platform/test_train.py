@@ -132,3 +132,19 @@ def test_export_loads_into_torchvision(tiny_shapes, tmp_path, tiny_cfg):
     model.load_state_dict(torch.load(out))  # strict: every key, every shape
     trained = ckpt.load(res.checkpoint)["backbone"]
     assert torch.equal(model.conv1.weight, trained["conv1.weight"])
+
+
+@pytest.mark.parametrize("geometry", ["torchvision", "small"])
+def test_export_prints_a_load_line_that_works(tiny_shapes, tmp_path, tiny_cfg, capsys, geometry):
+    extra = ["backbone.width=1.0", "backbone.small_stem=false"] if geometry == "torchvision" else []
+    cfg = tiny_cfg(tiny_shapes, tmp_path, *extra, method="simclr", steps=1)
+    res = train(cfg)
+    out = tmp_path / "bb.pt"
+    capsys.readouterr()
+    export = compose(
+        [f"checkpoint={res.run_id}", f"export_path={out}", f"tracking.uri={cfg.tracking.uri}"]
+    )
+    assert export_command(export) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("load with: "))
+    exec(line.removeprefix("load with: "), {})  # strict load_state_dict: raises on any mismatch
+    assert ("torchvision.models.resnet18()" in line) == (geometry == "torchvision")
