@@ -158,7 +158,7 @@ class EvalConfig:
     head: str = "linear"  # seg: linear (1x1 conv on C5) | fpn (over C2-C5)
     balanced: bool = True  # seg linear probe: classes weighted by inverse pixel frequency
     steps: int = 1000  # det: fine-tuning iterations
-    resolution: int = 224
+    resolution: int | None = None  # None: the checkpoint's pretraining resolution
     max_images: int | None = None
     num_visualise: int = 4
 

@@ -161,6 +161,8 @@ def objective_value(cfg, result, objective: str) -> tuple[float, dict[str, float
     from detlab.platform.checkpoint import load_backbone
 
     eval_cfg = OmegaConf.merge(cfg.eval, {"name": protocol})
+    if eval_cfg.resolution is None:  # probe at the trial's pretraining resolution
+        eval_cfg.resolution = cfg.aug.resolution
     backbone = load_backbone(result.checkpoint, cfg.backbone)
     metrics = run_eval(eval_cfg, backbone, cfg.data, torch.device("cpu"))
     if objective not in metrics:

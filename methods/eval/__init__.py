@@ -45,6 +45,8 @@ def run_eval(eval_cfg, backbone, data_cfg, device, out_dir: Path | None = None,
     protocol = eval_cfg.name
     if protocol not in PROTOCOLS:
         raise EvalError(f"eval.name={protocol!r} is not one of {PROTOCOLS}")
+    if eval_cfg.resolution is None:
+        raise EvalError("eval.resolution is unset: give the probe resolution in px")
     train_images, val_images = open_splits(protocol, data_cfg, eval_cfg.max_images)
     backbone = backbone.to(device)
     if protocol in ("knn", "linear"):

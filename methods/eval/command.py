@@ -10,6 +10,14 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 
+def pretraining_resolution(state: dict, default: int = 224) -> int:
+    """aug.resolution of the checkpoint's run (``default`` for checkpoints without config)."""
+    import yaml
+
+    config = yaml.safe_load(state.get("config") or "") or {}
+    return int((config.get("aug") or {}).get("resolution") or default)
+
+
 def eval_command(cfg: DictConfig) -> int:
     from mlflow.tracking import MlflowClient
 
@@ -29,6 +37,8 @@ def eval_command(cfg: DictConfig) -> int:
         open_splits(cfg.eval.name, cfg.data, cfg.eval.max_images)
         from detlab.methods.backbones import build_backbone
 
+        if cfg.eval.resolution is None:  # default: probe at the pretraining resolution
+            cfg.eval.resolution = pretraining_resolution(state)
         backbone = build_backbone(cfg.backbone)
         backbone.load_state_dict(state["backbone"])
         device = resolve_device(cfg.train.device)
@@ -40,7 +50,8 @@ def eval_command(cfg: DictConfig) -> int:
         return 2
     seconds = time.time() - t0
     print(
-        f"\n{cfg.eval.name} on {cfg.data.root} ({state.get('method_name')}, step {state.get('step')})"
+        f"\n{cfg.eval.name} on {cfg.data.root} at {cfg.eval.resolution} px "
+        f"({state.get('method_name')}, step {state.get('step')})"
     )
     for key, value in metrics.items():
         print(f"  {key:<24} {value:.4f}")

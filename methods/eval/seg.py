@@ -159,6 +159,22 @@ def seg_scores(conf: Tensor, names: list[str]) -> dict[str, float]:
     return out
 
 
+def level_standardiser(cached: list):
+    """Per-channel standardisation of frozen features (a map [B, C, h, w] or a pyramid
+    {level: map}) with the train split's statistics: frozen features of any scale feed the
+    SGD head alike (unscaled pretrained pyramids made it diverge at eval.lr=0.05)."""
+
+    def stats(maps: list[Tensor]) -> tuple[Tensor, Tensor]:
+        x = torch.cat(maps)
+        return x.mean((0, 2, 3), keepdim=True), x.std((0, 2, 3), keepdim=True).clamp_min(1e-6)
+
+    if isinstance(cached[0], dict):
+        st = {k: stats([c[k] for c in cached]) for k in cached[0]}
+        return lambda f: {k: (v - st[k][0]) / st[k][1] for k, v in f.items()}
+    mean, std = stats(cached)
+    return lambda f: (f - mean) / std
+
+
 def seg_probe(backbone, train_images, val_images, cfg, device, progress=True) -> dict:
     """Train the head (and the backbone when ``cfg.finetune``); mIoU on the val split."""
     num_classes = int(train_images.num_seg_classes)
@@ -185,18 +201,25 @@ def seg_probe(backbone, train_images, val_images, cfg, device, progress=True) ->
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(0)
     model.backbone.train(cfg.finetune)
-    cached = None
-    if not cfg.finetune:  # frozen: dense features once
+    cached, norm = None, lambda f: f
+    if not cfg.finetune:  # frozen: dense features once, standardised per level and channel
         with torch.no_grad():
             cached = [model.features(xtr[i : i + cfg.batch_size].to(device))
                       for i in range(0, len(xtr), cfg.batch_size)]  # fmt: skip
+        norm = level_standardiser(cached)
+        cached = [norm(f) for f in cached]
     bar = tqdm(range(cfg.epochs), desc="seg probe", disable=not progress, leave=False)
-    for _ in bar:
+    for epoch in bar:
         for b in torch.randperm(len(range(0, len(xtr), cfg.batch_size)), generator=gen).tolist():
             sl = slice(b * cfg.batch_size, (b + 1) * cfg.batch_size)
             feats = cached[b] if cached is not None else model.features(xtr[sl].to(device))
             logits = model.classify(feats, ytr.shape[-2:])
             loss = F.cross_entropy(logits, ytr[sl].to(device), ignore_index=IGNORE)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"seg probe (head={cfg.head}) loss is {loss.item()} in epoch {epoch + 1}: "
+                    f"lower eval.lr (now {cfg.lr})"
+                )
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -207,7 +230,7 @@ def seg_probe(backbone, train_images, val_images, cfg, device, progress=True) ->
     with torch.no_grad():
         for i in range(0, len(xva), cfg.batch_size):
             x = xva[i : i + cfg.batch_size].to(device)
-            pred = model.classify(model.features(x), yva.shape[-2:]).argmax(1).cpu()
+            pred = model.classify(norm(model.features(x)), yva.shape[-2:]).argmax(1).cpu()
             conf += confusion_matrix(pred, yva[i : i + cfg.batch_size], num_classes)
             preds.append(pred)
     out = seg_scores(conf, names)

@@ -113,6 +113,12 @@ def test_seg_probe_and_detection_run_on_shapes(tiny_shapes, tmp_path):
         assert 0.0 <= det[key] <= 1.0
 
 
+def test_a_diverging_seg_head_stops_with_a_one_line_error(tiny_shapes):
+    cfg, bb = tiny_eval(tiny_shapes, "seg", "eval.head=fpn", "eval.epochs=50", "eval.lr=1e12")
+    with pytest.raises(FloatingPointError, match=r"seg probe \(head=fpn\) loss is .* eval.lr"):
+        run_eval(cfg.eval, bb, cfg.data, torch.device("cpu"))
+
+
 def test_protocol_needs_its_labels(tmp_path):
     from PIL import Image
 
@@ -141,6 +147,11 @@ def test_eval_by_run_id_logs_into_that_run(tiny_shapes, tiny_overrides, tmp_path
                      f"checkpoint={res.run_id}", f"tracking.uri={pre.tracking.uri}"])  # fmt: skip
     assert eval_command(wrong) == 2
     assert "does not match backbone config" in capsys.readouterr().err
+    # no eval.resolution: the probe runs at the checkpoint's pretraining resolution
+    default = compose(["backbone=tiny", f"data.root={tiny_shapes}", "eval=knn",
+                       f"checkpoint={res.run_id}", f"tracking.uri={pre.tracking.uri}"])  # fmt: skip
+    assert eval_command(default) == 0
+    assert f"at {pre.aug.resolution} px" in capsys.readouterr().out
 
 
 def test_object_miou_leaves_background_out():
