@@ -61,7 +61,40 @@ def _explain(overrides: Sequence[str], exc: Exception) -> str:
                     f"Valid keys of {where}: {', '.join(map(str, valid))}"
                 )
             node = node[part] if OmegaConf.is_dict(node) else None
-    return str(exc).strip()
+    cause = exc.__cause__ or exc.__context__
+    reason = str(cause).splitlines()[0].strip() if cause is not None else ""
+    message = str(exc).strip()
+    return f"{message}: {reason}" if reason and reason not in message else message
+
+
+# (key, lowest allowed value, whether the bound itself is allowed): checked after composing
+RANGES = (
+    ("train.steps", 1, True),
+    ("train.batch_size", 1, True),
+    ("train.checkpoint_every", 1, True),
+    ("train.log_every", 1, True),
+    ("train.knn_every", 0, True),
+    ("train.threads", 0, True),
+    ("optim.lr", 0, False),
+    ("optim.weight_decay", 0, True),
+    ("optim.warmup_steps", 0, True),
+    ("method.temperature", 0, False),
+    ("method.num_masks", 1, True),
+    ("aug.resolution", 8, True),
+    ("eval.epochs", 1, True),
+    ("eval.batch_size", 1, True),
+)
+
+
+def check_ranges(cfg: DictConfig) -> None:
+    """Values of the right type but an impossible size, named with their key."""
+    for key, low, inclusive in RANGES:
+        value = OmegaConf.select(cfg, key)
+        if value is None:
+            continue
+        if value < low or (not inclusive and value == low):
+            bound = f">= {low}" if inclusive else f"> {low}"
+            raise ConfigError(f"{key}={value} must be {bound}")
 
 
 def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:
@@ -75,6 +108,7 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictC
         raise ConfigError(_explain(overrides, exc)) from None
     finally:
         GlobalHydra.instance().clear()
+    check_ranges(cfg)
     return cfg
 
 

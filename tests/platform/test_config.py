@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from detlab.platform.cli import main
@@ -34,9 +36,30 @@ def test_unknown_group_option_lists_options():
     assert "detcon_b" in str(err.value) and "simclr" in str(err.value)
 
 
-def test_wrong_type_is_rejected():
+def test_wrong_type_is_rejected_with_the_reason():
     with pytest.raises(ConfigError, match="steps"):
         compose(["train.steps=many"])
+    with pytest.raises(ConfigError, match=r"batch_size=abc: .*'abc'.*could not be converted"):
+        compose(["train.batch_size=abc"])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.steps=-5", "train.steps=-5 must be >= 1"),
+        ("train.batch_size=0", "train.batch_size=0 must be >= 1"),
+        ("train.checkpoint_every=0", "train.checkpoint_every=0 must be >= 1"),
+        ("optim.lr=0", "optim.lr=0.0 must be > 0"),
+        ("method.temperature=-0.1", "method.temperature=-0.1 must be > 0"),
+        ("aug.resolution=4", "aug.resolution=4 must be >= 8"),
+    ],
+)
+def test_impossible_values_are_refused_naming_the_key(override, message, capsys):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        compose([override])
+    assert main(["pretrain", override]) == 2  # before any compute: no run, no checkpoint
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
 
 
 def test_flatten_has_dotted_keys():
