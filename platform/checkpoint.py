@@ -119,6 +119,29 @@ def resolve(path_or_run_id: str, tracking_uri: str | None = None) -> dict[str, A
     return state
 
 
+# what a run resumed from a checkpoint must share with the run that wrote it
+RESUME_KEYS = ("method.name", "backbone", "masks.name", "masks.path", "aug.resolution",
+               "train.batch_size", "train.seed", "data.root")  # fmt: skip
+
+
+def check_resumable(state: dict[str, Any], cfg: DictConfig, path: str | Path) -> None:
+    """Refuse to resume ``cfg`` from a checkpoint another run wrote (one line, the keys that
+    differ), before anything is loaded into the model."""
+    stored = OmegaConf.create(state.get("config") or "{}")
+    diffs = []
+    for key in RESUME_KEYS:
+        a, b = OmegaConf.select(stored, key), OmegaConf.select(cfg, key)
+        a, b = (OmegaConf.to_container(v) if isinstance(v, DictConfig) else v for v in (a, b))
+        if a != b:
+            diffs.append(f"{key}={a} there, {b} here")
+    if diffs:
+        raise CheckpointError(
+            f"{path} was written by another run ({'; '.join(diffs)}): choose a new "
+            "train.out_dir (the default makes one per run), or train.resume=false to start "
+            "over in this one"
+        )
+
+
 def check_backbone(state: dict[str, Any], cfg: BackboneConfig) -> None:
     saved = state["backbone_cfg"]
     diff = [

@@ -108,8 +108,8 @@ class TrainConfig:
     log_every: int = 10
     knn_every: int = 0  # online kNN monitor every K steps (0 = off); metric `knn_top1`
     knn_max_images: int = 2000
-    out_dir: str = "outputs/run"
-    resume: bool = True  # continue from <out_dir>/checkpoint.pt when it exists
+    out_dir: str | None = None  # None: outputs/<method>/<timestamp>, a new folder per run
+    resume: bool = True  # continue from <out_dir>/checkpoint.pt (only a checkpoint of this run)
     progress: bool = True
 
 

@@ -205,7 +205,9 @@ def submit(cfg: DictConfig):
     if not cfg.tracking.run_id:  # created here so a requeued job never makes a second one
         run_id = create_run(cfg.tracking, {"launcher": "slurm", "method": cfg.method.name})
         cfg = OmegaConf.merge(cfg, {"tracking": {"run_id": run_id}})
-    out_dir = Path(cfg.train.out_dir).resolve()
+    from detlab.platform.train import resolve_out_dir
+
+    out_dir = Path(resolve_out_dir(cfg).train.out_dir).resolve()
     cfg = OmegaConf.merge(cfg, {"train": {"out_dir": str(out_dir), "progress": False}})
     ex = build_executor(
         cfg.cluster, Path(cfg.cluster.log_dir).resolve(), f"detlab-{cfg.method.name}"
@@ -255,18 +257,26 @@ def submit_and_wait(cfg: DictConfig) -> str:
 
 
 def run_local(cfg: DictConfig) -> int:
+    from detlab.platform.checkpoint import CheckpointError
     from detlab.platform.train import train
 
     stop = {}
     for sig in (signal.SIGTERM, signal.SIGUSR2):
         signal.signal(sig, lambda s, f: stop.setdefault("signal", s))
-    result = train(cfg, stop_requested=lambda: "signal" in stop)
+    try:
+        result = train(cfg, stop_requested=lambda: "signal" in stop)
+    except CheckpointError as exc:
+        print(f"detlab pretrain: {exc}", file=sys.stderr)
+        return 2
     print(f"{result.status} at step {result.step}: checkpoint {result.checkpoint}, "
           f"MLflow run {result.run_id} ({cfg.tracking.uri})")  # fmt: skip
     return 0 if result.status == "completed" else 1
 
 
 def pretrain_command(cfg: DictConfig, wait: bool = False) -> int:
+    from detlab.platform.train import resolve_out_dir
+
+    cfg = resolve_out_dir(cfg)  # fixed now: a local submitit job or a requeue keeps it
     if cfg.cluster.name != "slurm":
         if cfg.cluster.executor == "submitit":
             ex = submitit.LocalExecutor(folder=str(Path(cfg.cluster.log_dir) / "%j"))

@@ -58,6 +58,19 @@ def seed_everything(seed: int, deterministic: bool = True, threads: int = 0) -> 
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def resolve_out_dir(cfg: DictConfig) -> DictConfig:
+    """``train.out_dir`` unset: a new folder per run, ``outputs/<method>/<YYYYmmdd-HHMMSS>``
+    (launchers call this before submitting, so a requeued job keeps its folder)."""
+    if cfg.train.out_dir is not None:
+        return cfg
+    base = Path("outputs") / cfg.method.name / time.strftime("%Y%m%d-%H%M%S")
+    out, n = base, 1
+    while out.exists():
+        n += 1
+        out = base.with_name(f"{base.name}-{n}")
+    return OmegaConf.merge(cfg, {"train": {"out_dir": str(out)}})
+
+
 def build_loader(cfg: DictConfig, input_kind: str, info: distr.DistInfo):
     """Dataset + resumable sampler + DataLoader for this rank's share of each global batch."""
     from detlab.methods.data import ResumableSampler, build_pretrain_dataset
@@ -134,6 +147,7 @@ def train(
     from detlab.methods.registry import build_method
     from detlab.platform.monitor import KnnMonitor, fingerprints
 
+    cfg = resolve_out_dir(cfg)
     tc = cfg.train
     # ---- set-up: processes, device, seeds -------------------------------------------
     info = distr.init_from_env(tc.device)
@@ -166,6 +180,7 @@ def train(
     start_step, requeues, state = 0, 0, None
     if tc.resume and ckpt_path.exists():
         state = ckpt.load(ckpt_path)
+        ckpt.check_resumable(state, cfg, ckpt_path)
         method.load_state_dict(state["method"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

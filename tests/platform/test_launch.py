@@ -43,3 +43,33 @@ def test_default_partition_is_chosen():
 def test_impossible_requests_name_the_key(kw, message):
     with pytest.raises(LaunchError, match=message):
         check_request(cluster(**kw), parse_partitions(SCONTROL), {"node1": 0, "node2": 0})
+
+
+def test_runs_get_their_own_folders_and_a_foreign_checkpoint_is_refused(
+    tiny_overrides, tmp_path, monkeypatch, capsys
+):
+    """Two `detlab pretrain` in a row (different methods, no out_dir) both train from step 0
+    into their own folders and MLflow runs; pointing a run at another run's folder is refused
+    in one line naming what differs, before any step."""
+    from mlflow.tracking import MlflowClient
+
+    from detlab.platform.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    args = [o for o in tiny_overrides(tmp_path, steps=2) if not o.startswith("train.out_dir")]
+    assert main(["pretrain", *args, "method=byol"]) == 0
+    assert main(["pretrain", *args, "method=simclr"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("completed at step 2") == 2
+    runs = sorted((tmp_path / "outputs").glob("*/*/checkpoint.pt"))
+    assert [p.parts[-3] for p in runs] == ["byol", "simclr"]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    found = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(found) == 2 and all(r.data.metrics.get("loss") is not None for r in found)
+
+    byol_dir = runs[0].parent
+    assert main(["pretrain", *args, "method=simclr", f"train.out_dir={byol_dir}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "method.name=byol there, simclr here" in err[0]
+    assert main(["pretrain", *args, "method=byol", f"train.out_dir={byol_dir}"]) == 0  # resumes
+    assert "completed at step 2" in capsys.readouterr().out
