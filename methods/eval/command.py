@@ -18,6 +18,27 @@ def pretraining_resolution(state: dict, default: int = 224) -> int:
     return int((config.get("aug") or {}).get("resolution") or default)
 
 
+def logged_run(run_id: str | None, tracking_uri: str) -> str | None:
+    """The checkpoint's MLflow run when this store holds it; else None, with a warning (the
+    results are then printed only: a checkpoint copied from elsewhere still evaluates)."""
+    if not run_id:
+        return None
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(tracking_uri).get_run(run_id)
+        return run_id
+    except MlflowException:
+        print(
+            f"detlab eval: warning: the checkpoint's MLflow run {run_id} is not in "
+            f"tracking.uri={tracking_uri}; results are printed, not logged (set tracking.uri "
+            "to the store the run was logged to)",
+            file=sys.stderr,
+        )
+        return None
+
+
 def eval_command(cfg: DictConfig) -> int:
     from mlflow.tracking import MlflowClient
 
@@ -32,6 +53,7 @@ def eval_command(cfg: DictConfig) -> int:
     try:  # everything checked before any compute
         state = resolve(cfg.checkpoint, cfg.tracking.uri)
         check_backbone(state, cfg.backbone)
+        run_id = logged_run(state.get("run_id"), cfg.tracking.uri)
         from detlab.methods.eval import open_splits
 
         open_splits(cfg.eval.name, cfg.data, cfg.eval.max_images)
@@ -55,7 +77,6 @@ def eval_command(cfg: DictConfig) -> int:
     )
     for key, value in metrics.items():
         print(f"  {key:<24} {value:.4f}")
-    run_id = state.get("run_id")
     if run_id:
         client = MlflowClient(cfg.tracking.uri)
         for key, value in metrics.items():

@@ -152,6 +152,13 @@ def test_eval_by_run_id_logs_into_that_run(tiny_shapes, tiny_overrides, tmp_path
                        f"checkpoint={res.run_id}", f"tracking.uri={pre.tracking.uri}"])  # fmt: skip
     assert eval_command(default) == 0
     assert f"at {pre.aug.resolution} px" in capsys.readouterr().out
+    # a store that does not hold the run: printed with a one-line warning, no traceback
+    elsewhere = compose(["backbone=tiny", f"data.root={tiny_shapes}", "eval=knn",
+                         f"checkpoint={res.checkpoint}",
+                         f"tracking.uri=sqlite:///{tmp_path}/other.db"])  # fmt: skip
+    assert eval_command(elsewhere) == 0
+    out = capsys.readouterr()
+    assert "knn_top1" in out.out and "is not in tracking.uri" in out.err
 
 
 def test_object_miou_leaves_background_out():
