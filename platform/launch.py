@@ -199,9 +199,11 @@ def register(entry: dict) -> None:
 def submit(cfg: DictConfig):
     """Validate, create the MLflow run, submit; returns (job, run_id)."""
     from detlab.platform.tracking import create_run
+    from detlab.platform.train import resolve_run_name
 
     partition = validate_slurm(cfg.cluster)
     cfg = OmegaConf.merge(cfg, {"cluster": {"partition": partition}})
+    cfg = resolve_run_name(cfg)
     if not cfg.tracking.run_id:  # created here so a requeued job never makes a second one
         run_id = create_run(cfg.tracking, {"launcher": "slurm", "method": cfg.method.name})
         cfg = OmegaConf.merge(cfg, {"tracking": {"run_id": run_id}})

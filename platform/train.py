@@ -71,6 +71,15 @@ def resolve_out_dir(cfg: DictConfig) -> DictConfig:
     return OmegaConf.merge(cfg, {"train": {"out_dir": str(out)}})
 
 
+def resolve_run_name(cfg: DictConfig) -> DictConfig:
+    """``tracking.run_name`` unset: ``<method>-<masks>-r<resolution>-s<seed>`` (MLflow would
+    draw a random name such as "overjoyed-slug-911")."""
+    if cfg.tracking.run_name is not None or cfg.tracking.run_id:
+        return cfg
+    name = f"{cfg.method.name}-{cfg.masks.name}-r{cfg.aug.resolution}-s{cfg.train.seed}"
+    return OmegaConf.merge(cfg, {"tracking": {"run_name": name}})
+
+
 def build_loader(cfg: DictConfig, input_kind: str, info: distr.DistInfo):
     """Dataset + resumable sampler + DataLoader for this rank's share of each global batch."""
     from detlab.methods.data import ResumableSampler, build_pretrain_dataset
@@ -147,7 +156,7 @@ def train(
     from detlab.methods.registry import build_method
     from detlab.platform.monitor import KnnMonitor, fingerprints
 
-    cfg = resolve_out_dir(cfg)
+    cfg = resolve_run_name(resolve_out_dir(cfg))
     tc = cfg.train
     # ---- set-up: processes, device, seeds -------------------------------------------
     info = distr.init_from_env(tc.device)

@@ -66,6 +66,8 @@ def test_runs_get_their_own_folders_and_a_foreign_checkpoint_is_refused(
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     found = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert len(found) == 2 and all(r.data.metrics.get("loss") is not None for r in found)
+    names = sorted(r.info.run_name for r in found)  # meaningful, not MLflow's random names
+    assert names == ["byol-global-r32-s0", "simclr-global-r32-s0"], names
 
     byol_dir = runs[0].parent
     assert main(["pretrain", *args, "method=simclr", f"train.out_dir={byol_dir}"]) == 2
