@@ -87,8 +87,8 @@ def load(path: str | Path) -> dict[str, Any]:
         what = found.group(1) if found else "an object that is not a tensor or plain type"
         raise CheckpointError(
             f"refusing to load {path}: it needs {what}, and unpickling it could run code. "
-            "detlab's own checkpoints hold only tensors and plain types; if you trust the file, "
-            "re-save its state dict with torch.save(torch.load(f, weights_only=False))"
+            "detlab's own checkpoints hold only tensors and plain types; if you trust the file's "
+            "source, re-save just its tensors and plain values (a state dict) and load that"
         ) from None
     except Exception as exc:  # torch raises many types for a truncated/corrupt file
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
