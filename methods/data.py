@@ -33,13 +33,12 @@ from torchvision.transforms.v2 import functional as F
 
 from detlab.methods.augment import (
     BICUBIC,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     as_chw_uint8,
     build_pair_transform,
     build_soco_transform,
     to_float,
 )
+from detlab.methods.photometric import IMAGENET_MEAN, IMAGENET_STD
 from detlab.platform.config import AugConfig, DataConfig, MasksConfig
 
 INPUT_KINDS = ("mask", "boxes")

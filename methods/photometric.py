@@ -118,7 +118,8 @@ class Photometric:
         resolution: int = 224,
     ):
         s = float(strength)
-        self.bright, self.contrast, self.satur, self.hue = 0.4 * s, 0.4 * s, 0.2 * s, 0.1 * s
+        self.factors = (0.4 * s, 0.4 * s, 0.2 * s)  # brightness, contrast, saturation
+        self.hue = 0.1 * s
         if self.hue > 0.5:
             raise ValueError(f"aug.jitter_strength={strength} gives hue jitter > 0.5")
         self.jitter_p, self.grayscale_p = float(jitter_p), float(grayscale_p)
@@ -132,11 +133,9 @@ class Photometric:
         p = torch.empty(NUM_PARAMS)
         u = torch.rand(9)
         p[JITTER] = float(u[0] < self.jitter_p)
-        p[BRIGHT] = max(0.0, 1 - self.bright) + u[1] * (1 + self.bright - max(0.0, 1 - self.bright))
-        p[CONTRAST] = max(0.0, 1 - self.contrast) + u[2] * (
-            1 + self.contrast - max(0.0, 1 - self.contrast)
-        )
-        p[SATUR] = max(0.0, 1 - self.satur) + u[3] * (1 + self.satur - max(0.0, 1 - self.satur))
+        for slot, amount, draw in zip((BRIGHT, CONTRAST, SATUR), self.factors, u[1:4], strict=True):
+            low = max(0.0, 1 - amount)  # torchvision: factor ~ U[max(0, 1 - a), 1 + a]
+            p[slot] = low + draw * (1 + amount - low)
         p[HUE] = (2 * u[4] - 1) * self.hue
         p[ORDER] = torch.randperm(4).float()
         p[GRAYSCALE] = float(u[5] < self.grayscale_p)

@@ -22,7 +22,8 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
-from detlab.methods.augment import IMAGENET_MEAN, IMAGENET_STD, as_chw_uint8, to_float
+from detlab.methods.augment import as_chw_uint8, to_float
+from detlab.methods.photometric import IMAGENET_MEAN, IMAGENET_STD
 
 IGNORE = 255
 

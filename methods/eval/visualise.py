@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from detlab.methods.augment import IMAGENET_MEAN, IMAGENET_STD
+from detlab.methods.photometric import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _rgb(x: torch.Tensor, normalised: bool) -> np.ndarray:

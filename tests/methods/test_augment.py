@@ -8,8 +8,6 @@ import torch
 from torchvision.transforms.v2 import functional as F
 
 from detlab.methods.augment import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     AugmentError,
     build_pair_transform,
     build_soco_transform,
@@ -19,6 +17,8 @@ from detlab.methods.photometric import (
     BRIGHT,
     CONTRAST,
     HUE,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     JITTER,
     NUM_PARAMS,
     SATUR,
