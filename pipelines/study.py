@@ -1,16 +1,17 @@
-"""DVC stage program for one study cell: pretrain through the platform, probe, record.
+"""Study cells: pretrain through the platform, probe, record; and the DVC stage running them.
 
+    python -m detlab.pipelines.study run [--jobs N]        # every cell (the `studies` stage)
     python -m detlab.pipelines.study mask_quality --mask fh --seed 0
     python -m detlab.pipelines.study resolution --mask gt --resolution 32 --seed 0
     python -m detlab.pipelines.study reference --kind random --seed 0
 
-The cell's settings come from ``params.yaml`` (key ``studies``): overrides shared by every
-cell, the study's own, and the cell's (``studies.<study>.cells.<mask>``), so changing one
-mask source's overrides reruns only its cells. Pretraining runs where ``studies.cluster``
-says (local in-process by default; ``slurm`` submits and waits). The checkpoint folder is
-keyed by a hash of the cell's overrides and the training code, so a failed or killed cell
-resumes from its last checkpoint, while a changed cell (or changed training code) starts
-afresh. Output: ``metrics/studies/<study>/<cell>.json``.
+A cell's settings come from ``params.yaml`` (key ``studies``): overrides shared by every
+cell, the study's own, and the cell's (``studies.<study>.cells.<mask>``). Pretraining runs
+where ``studies.cluster`` says (local in-process by default; ``slurm`` submits and waits).
+The cell's key hashes its overrides, the training code and its inputs' fingerprints: the
+checkpoint folder is named by it, so a killed cell resumes from its last checkpoint while a
+changed one starts afresh, and ``run`` (pipelines/study_runner.py) skips cells whose record
+already holds their key. Output: ``metrics/studies/<study>/<cell>.json``.
 
 Every cell is probed the same way at ``studies.probe_resolution`` (so the resolution study
 varies the pretraining resolution only). The references give the probes a scale:
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -51,6 +53,25 @@ def code_fingerprint() -> str:
             for f in sorted(Path(root).rglob("*.py")):
                 h.update(f.relative_to(root).as_posix().encode() + f.read_bytes())
     return h.hexdigest()
+
+
+def inputs_fingerprint(params: dict, mask: str | None) -> str:
+    """Content fingerprint of what a cell reads: the dataset's splits and its mask set (the
+    store's meta.json records the shards' hash), so new masks or data retrain the cell."""
+    from detlab.pipelines.datasets import open_dataset
+
+    root = params["prepare"]["out"]
+    parts = [open_dataset(root, split).fingerprint for split in ("train", "val")]
+    if mask and mask != "global":
+        meta = Path(params["masks"]["out"]) / mask / "meta.json"
+        parts.append(json.loads(meta.read_text())["fingerprint"] if meta.exists() else "absent")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def cell_key(overrides: list[str], inputs: str) -> str:
+    """The identity of a cell's result: its overrides, the training code and its inputs."""
+    text = "\n".join([*overrides, code_fingerprint(), inputs])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def cell_name(study: str, mask: str, seed: int, resolution: int | None) -> str:
@@ -155,12 +176,12 @@ def run_cell(
     resolution = int(resolution or st[study].get("resolution") or probe_resolution(params))
     name = cell_name(study, mask, seed, resolution)
     overrides = cell_overrides(params, study, mask, seed, resolution)
-    key = hashlib.sha256("\n".join([*overrides, code_fingerprint()]).encode()).hexdigest()[:8]
+    key = cell_key(overrides, inputs_fingerprint(params, mask))  # = planned_key of the runner
     tracking_uri = st.get("tracking_uri", "sqlite:///mlflow.db")
     tracking = TrackingConfig(uri=tracking_uri, experiment=f"study-{study}")
     parent = parent_run(tracking, study)
     overrides += [
-        f"train.out_dir={outputs_root}/{study}/{name}-{key}",
+        f"train.out_dir={outputs_root}/{study}/{name}-{key[:8]}",
         f"tracking.uri={tracking_uri}",
         f"tracking.experiment=study-{study}",
         f"tracking.parent_run_id={parent}",
@@ -204,6 +225,7 @@ def run_cell(
         "metrics": metrics,
         "chance": probed["chance"],
         "classes": probed["classes"],
+        "key": key,
         "mlflow_run_id": run_id,
         "mlflow_parent_run_id": parent,
         "pretrain_seconds": round(t1 - t0, 1),
@@ -230,6 +252,11 @@ def reference_overrides(params: dict, seed: int) -> list[str]:
     ]
 
 
+def reference_key(params: dict, kind: str, seed: int) -> str:
+    overrides = [f"reference={kind}", *reference_overrides(params, seed)]
+    return cell_key(overrides, inputs_fingerprint(params, None))
+
+
 def run_reference(params: dict, kind: str, seed: int, metrics_root: Path) -> dict:
     """A reference row: the study backbone randomly initialised (``random``) or trained on
     the segmentation labels with a pretraining cell's budget (``supervised``), probed like
@@ -241,6 +268,7 @@ def run_reference(params: dict, kind: str, seed: int, metrics_root: Path) -> dic
         raise ValueError(f"reference kind {kind!r} is not one of {REFERENCES}")
     st = params["studies"]
     overrides = reference_overrides(params, seed)
+    key = reference_key(params, kind, seed)
     cfg = compose(overrides)
     seed_everything(seed, cfg.train.deterministic, cfg.train.threads)
     backbone = build_backbone(cfg.backbone)
@@ -293,6 +321,7 @@ def run_reference(params: dict, kind: str, seed: int, metrics_root: Path) -> dic
         "metrics": probed["metrics"],
         "chance": probed["chance"],
         "classes": probed["classes"],
+        "key": key,
         "mlflow_run_ids": run_ids,
         "train_seconds": round(t1 - t0, 1),
         "eval_seconds": round(time.time() - t1, 1),
@@ -302,8 +331,11 @@ def run_reference(params: dict, kind: str, seed: int, metrics_root: Path) -> dic
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Run one study cell or reference (a DVC stage).")
-    p.add_argument("study", choices=[*STUDIES, "reference"])
+    p = argparse.ArgumentParser(
+        description="Run every study cell (`run`, the DVC stage) or one cell or reference."
+    )
+    p.add_argument("study", choices=["run", *STUDIES, "reference"])
+    p.add_argument("--jobs", type=int, default=None, help="run: cells at a time (studies.jobs)")
     p.add_argument("--mask", help="mask source (studies)")
     p.add_argument("--kind", choices=REFERENCES, help="reference kind (reference)")
     p.add_argument("--seed", type=int, default=0)
@@ -313,6 +345,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--outputs", default="outputs/studies")
     args = p.parse_args(argv)
     params = yaml.safe_load(Path(args.params).read_text())
+    if args.study == "run":
+        from detlab.pipelines.study_runner import StudyFailure, run_studies
+
+        try:
+            run_studies(params, Path(args.metrics), Path(args.outputs), args.jobs)
+        except StudyFailure as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        return 0
     if args.study == "reference":
         if not args.kind:
             p.error("reference needs --kind random|supervised")

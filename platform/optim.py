@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import torch
-from timm.optim import Lars
 from torch import nn
 
 from detlab.platform.config import OptimConfig
@@ -41,6 +40,8 @@ def build_optimizer(cfg: OptimConfig, model: nn.Module, batch_size: int) -> torc
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas))
     if cfg.name == "lars":
+        from timm.optim import Lars  # timm's import costs ~3 s: only the LARS runs pay it
+
         return Lars(groups, lr=lr, momentum=cfg.momentum, trust_coeff=cfg.eta)
     raise ValueError(f"optim.name={cfg.name!r} is not one of: sgd, adamw, lars")
 

@@ -1,0 +1,220 @@
+"""Every study cell and reference as one DVC stage, ``studies.jobs`` cells at a time.
+
+    python -m detlab.pipelines.study run [--jobs N]
+
+Cells are independent, so they run concurrently: in ``jobs`` spawned worker processes on
+this machine (``studies.cluster: local``; give each ``train.threads`` so that jobs x threads
+is the core count: two one-thread cells on two cores finish 1.6x sooner than one two-thread
+cell at a time) or as ``jobs`` SLURM jobs in flight (``cluster: slurm``). Longest cells
+start first, so the last round is not one long cell alone.
+
+Each record carries its cell's key: a hash of the cell's overrides, the training code and
+its inputs (dataset and mask-set fingerprints). A cell whose record already holds its key
+is not rerun, so editing one cell's params reruns that cell only, although DVC reruns the
+whole stage; records of cells no longer in ``params.yaml`` are removed. A failing cell does
+not stop the others: the command ends non-zero naming each failure, keeps every finished
+record, and a rerun retries only what failed.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+from detlab.pipelines.study import (
+    STUDIES,
+    cell_key,
+    cell_name,
+    cell_overrides,
+    inputs_fingerprint,
+    parent_run,
+    reference_key,
+    reference_overrides,
+    run_cell,
+    run_reference,
+)
+from detlab.platform.config import TrackingConfig
+
+REFERENCES_DIR = "references"
+
+
+class StudyFailure(RuntimeError):
+    """One or more cells failed; the message names each."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    study: str  # mask_quality | resolution | references
+    name: str  # the record's file stem: gt-s0, gt-r32-s1, random-s2
+    seed: int
+    mask: str | None = None
+    resolution: int | None = None
+    kind: str | None = None  # references: random | supervised
+    cost: float = 1.0  # relative run time, for longest-first scheduling
+
+    @property
+    def label(self) -> str:
+        return f"{self.study} {self.name}"
+
+
+def plan(params: dict) -> list[Cell]:
+    """Every cell of both studies and every reference in ``params``, longest first."""
+    st = params["studies"]
+    steps_cost = 1.0  # pretraining time grows with the pixels per step; probes are fixed cost
+    cells = []
+    for study in STUDIES:
+        spec = st[study]
+        resolutions = spec.get("resolutions") or [spec.get("resolution")]
+        for mask in spec["masks"]:
+            for res in resolutions:
+                for seed in spec["seeds"]:
+                    cost = 0.2 + steps_cost * (int(res) / 64) ** 2
+                    cells.append(Cell(study, cell_name(study, mask, seed, res), int(seed), mask,
+                                      int(res), cost=cost))  # fmt: skip
+    refs = st.get("references", {}) or {}
+    for kind in refs.get("kinds", []):
+        for seed in refs.get("seeds", []):
+            cost = 0.2 + (0.5 if kind == "supervised" else 0.0)
+            cells.append(Cell(REFERENCES_DIR, f"{kind}-s{seed}", int(seed), kind=kind, cost=cost))
+    return sorted(cells, key=lambda c: -c.cost)
+
+
+def planned_key(params: dict, cell: Cell) -> str:
+    if cell.kind is not None:
+        return reference_key(params, cell.kind, cell.seed)
+    overrides = cell_overrides(params, cell.study, cell.mask, cell.seed, cell.resolution)
+    return cell_key(overrides, inputs_fingerprint(params, cell.mask))
+
+
+def record_path(metrics_root: Path, cell: Cell) -> Path:
+    return metrics_root / cell.study / f"{cell.name}.json"
+
+
+def is_done(metrics_root: Path, cell: Cell, key: str) -> bool:
+    try:
+        return json.loads(record_path(metrics_root, cell).read_text()).get("key") == key
+    except (OSError, ValueError):
+        return False
+
+
+def remove_stale(metrics_root: Path, cells: list[Cell]) -> list[Path]:
+    """Delete records of cells that ``params.yaml`` no longer has; return them."""
+    keep = {record_path(metrics_root, c) for c in cells}
+    stale = []
+    for folder in {*STUDIES, REFERENCES_DIR}:
+        for f in sorted((metrics_root / folder).glob("*.json")):
+            if f not in keep:
+                f.unlink()
+                stale.append(f)
+    return stale
+
+
+def check_cells(params: dict, cells: list[Cell]) -> None:
+    """Compose one cell per (study, mask, resolution) and one reference (seeds change only
+    train.seed): a bad key or value fails here, naming its cells, before any compute."""
+    from detlab.platform.compose import compose
+
+    errors, seen = [], set()
+    for cell in cells:
+        group = (cell.study, cell.mask, cell.resolution)
+        if group in seen:
+            continue
+        seen.add(group)
+        overrides = (
+            reference_overrides(params, cell.seed)
+            if cell.kind is not None
+            else cell_overrides(params, cell.study, cell.mask, cell.seed, cell.resolution)
+        )
+        try:
+            compose(overrides)
+        except Exception as e:  # noqa: BLE001 - every bad group is named, then one raise
+            name = cell.study if cell.kind else f"{cell.study} {cell.mask} r{cell.resolution}"
+            errors.append(f"{name}: {(str(e).strip().splitlines() or [''])[0]}")
+    if errors:
+        raise StudyFailure("study cells are misconfigured (nothing ran):\n  " + "\n  ".join(errors))
+
+
+def run_one(params: dict, cell: Cell, metrics_root: Path, outputs_root: Path) -> dict:
+    """One cell or reference, in this process (a pool worker calls this)."""
+    if cell.kind is not None:
+        return run_reference(params, cell.kind, cell.seed, metrics_root)
+    return run_cell(params, cell.study, cell.mask, cell.seed, cell.resolution, metrics_root,
+                    outputs_root)  # fmt: skip
+
+
+def summary(record: dict) -> str:
+    m = record.get("metrics", {})
+    score = m.get("seg_miou_objects", m.get("linear_top1"))
+    return "" if score is None else f", seg mIoU (objects) {score:.4f}"
+
+
+def run_studies(
+    params: dict,
+    metrics_root: Path,
+    outputs_root: Path,
+    jobs: int | None = None,
+    out=sys.stdout,
+) -> dict[str, list[str]]:
+    """Run every cell whose record is missing or stale; return {"ran", "kept", "removed"}.
+    Raises StudyFailure naming every failed cell after the others have finished."""
+    st = params["studies"]
+    jobs = int(jobs or st.get("jobs", 1))
+    if jobs < 1:
+        raise ValueError(f"studies.jobs must be >= 1, got {jobs}")
+    cells = plan(params)
+    removed = [str(p) for p in remove_stale(metrics_root, cells)]
+    todo = [c for c in cells if not is_done(metrics_root, c, planned_key(params, c))]
+    kept = [c.label for c in cells if c not in todo]
+    check_cells(params, todo)
+    print(f"studies: {len(todo)} of {len(cells)} cells to run ({len(kept)} up to date), "
+          f"{jobs} at a time", file=out, flush=True)  # fmt: skip
+    if todo:  # the parent runs exist before workers look them up (no race to create them)
+        uri = st.get("tracking_uri", "sqlite:///mlflow.db")
+        for study in STUDIES:
+            parent_run(TrackingConfig(uri=uri, experiment=f"study-{study}"), study)
+    failures: list[str] = []
+    t0 = time.time()
+
+    def done(i: int, cell: Cell, result=None, error: BaseException | None = None) -> None:
+        elapsed = time.time() - t0
+        head = f"[{i:>{len(str(len(todo)))}}/{len(todo)}] {cell.label}"
+        if error is None:
+            print(f"{head}: done{summary(result)} ({elapsed:.0f} s elapsed)", file=out, flush=True)
+        else:
+            line = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
+            failures.append(f"{cell.label}: {line}")
+            print(f"{head}: FAILED {line}", file=out, flush=True)
+
+    if jobs == 1 or len(todo) <= 1:
+        for i, cell in enumerate(todo, 1):
+            try:
+                done(i, cell, run_one(params, cell, metrics_root, outputs_root))
+            except Exception as e:  # noqa: BLE001 - reported with the cell, the rest goes on
+                done(i, cell, error=e)
+    else:
+        ctx = multiprocessing.get_context("spawn")  # no forked torch / MLflow state
+        with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=ctx) as pool:
+            running: dict[Future, Cell] = {
+                pool.submit(run_one, params, c, metrics_root, outputs_root): c for c in todo
+            }
+            finished = 0
+            while running:
+                ready, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in ready:
+                    cell = running.pop(fut)
+                    finished += 1
+                    try:
+                        done(finished, cell, fut.result())
+                    except Exception as e:  # noqa: BLE001
+                        done(finished, cell, error=e)
+    if failures:
+        raise StudyFailure(
+            f"{len(failures)} of {len(todo)} study cells failed (finished ones are kept; "
+            "rerun to retry the rest):\n  " + "\n  ".join(failures)
+        )
+    return {"ran": [c.label for c in todo], "kept": kept, "removed": removed}
