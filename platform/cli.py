@@ -7,9 +7,10 @@ sub-configs to the code that does the work. Heavy imports happen inside each com
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from detlab.platform.compose import ConfigError, compose
+from detlab.platform.compose import ConfigError, compose, group_options
 
 COMMANDS = {
     "pretrain": "pretrain a registered method (local or SLURM, per cluster=...)",
@@ -21,17 +22,36 @@ COMMANDS = {
 }
 
 
+GROUPS = ("method", "masks", "backbone", "optim", "eval", "data", "cluster", "sweep")
+
+
+def _epilog() -> str:
+    lines = ["commands:", *(f"  {k:<9} {v}" for k, v in COMMANDS.items()), "",
+             "config groups (choose one with group=option; keys with key=value):"]  # fmt: skip
+    lines += [f"  {g:<9} {', '.join(group_options(g))}" for g in GROUPS]
+    lines += ["", "`detlab config <overrides>` prints every key with its value.",
+              "Errors print one line; --verbose (or HYDRA_FULL_ERROR=1) adds the traceback."]  # fmt: skip
+    return "\n".join(lines)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="detlab",
         description="Object-level self-supervised pretraining sweeps.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(f"  {k:<9} {v}" for k, v in COMMANDS.items()),
+        epilog=_epilog(),
     )
     p.add_argument("command", choices=sorted(COMMANDS), metavar="command")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. method=detcon_b")
     p.add_argument("--wait", action="store_true", help="follow a submitted job or sweep")
+    p.add_argument("--verbose", action="store_true", help="print tracebacks of errors")
     return p
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: first line`` of an error (the name alone when it has no message)."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,6 +65,20 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"detlab {args.command}: config error: {exc}", file=sys.stderr)
         return 2
+    try:
+        return run_command(args, cfg, sub, overrides)
+    except KeyboardInterrupt:
+        print(f"detlab {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one line for people; the traceback on request
+        if args.verbose or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"detlab {args.command}: error: {one_line(exc)} (--verbose for the traceback)",
+              file=sys.stderr)  # fmt: skip
+        return 1
+
+
+def run_command(args: argparse.Namespace, cfg, sub: str | None, overrides: list[str]) -> int:
     if args.command == "config":
         from detlab.platform.compose import to_yaml
 

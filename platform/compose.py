@@ -50,7 +50,12 @@ def _explain(overrides: Sequence[str], exc: Exception) -> str:
             continue
         parts = key.split(".")
         if len(parts) == 1 and (conf_dir() / key).is_dir():
-            continue  # a group choice: Hydra already lists the available options
+            value = ov.value()
+            if isinstance(value, str) and value not in group_options(key):
+                return (
+                    f"{key}={value} is not an option: choose one of {', '.join(group_options(key))}"
+                )
+            continue
         node = schema
         for i, part in enumerate(parts):
             if not isinstance(node, DictConfig) or part not in node:

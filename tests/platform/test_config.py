@@ -33,7 +33,29 @@ def test_unknown_nested_section():
 def test_unknown_group_option_lists_options():
     with pytest.raises(ConfigError) as err:
         compose(["method=detcon_c"])
-    assert "detcon_b" in str(err.value) and "simclr" in str(err.value)
+    message = str(err.value)
+    assert message.startswith("method=detcon_c is not an option: choose one of byol, detcon_b")
+    assert "simclr" in message and "schema" not in message  # no internal schema entries
+    assert "\n" not in message
+
+
+def test_help_lists_commands_groups_and_their_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "pretrain" in out and "sweep" in out
+    method = next(line for line in out.splitlines() if line.strip().startswith("method "))
+    assert "detcon_b" in method and "soco" in method and "schema" not in out
+
+
+def test_errors_after_composing_print_one_line_and_exit_non_zero(capsys, tmp_path):
+    missing = tmp_path / "nowhere"
+    argv = ["pretrain", "backbone=tiny", f"data.root={missing}", f"train.out_dir={tmp_path}/o"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(missing) in err[0] and "--verbose" in err[0]
+    with pytest.raises(Exception, match="nowhere"):  # the traceback on request
+        main([*argv, "--verbose"])
 
 
 def test_wrong_type_is_rejected_with_the_reason():
