@@ -110,7 +110,8 @@ class TrainConfig:
     knn_max_images: int = 2000
     out_dir: str | None = None  # None: outputs/<method>/<timestamp>, a new folder per run
     resume: bool = True  # continue from <out_dir>/checkpoint.pt (only a checkpoint of this run)
-    progress: bool = True
+    progress: bool = True  # a bar on a TTY; redirected, a line every progress_every_s
+    progress_every_s: float = 30.0
 
 
 @dataclass

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import submitit
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
 from detlab.platform.compose import to_yaml
+from detlab.platform.progress import Progress
 
 
 def registry() -> Path:
@@ -232,14 +232,13 @@ def follow(job, run_id: str, cfg: DictConfig) -> str:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(cfg.tracking.uri)
-    bar = tqdm(total=cfg.train.steps, desc=f"job {job.job_id}", unit="step")
+    bar = Progress(cfg.train.steps, f"job {job.job_id}")
     state = "PENDING"
     while True:
         state = sacct_state(job.job_id, cfg.cluster)
         hist = client.get_metric_history(run_id, "loss") if run_id else []
-        bar.n = max([m.step for m in hist], default=0)
-        bar.set_postfix(state=state)
-        bar.refresh()
+        bar.set(state=state)
+        bar.goto(max([m.step for m in hist], default=0))
         if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL"):
             bar.close()
             return state

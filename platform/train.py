@@ -16,12 +16,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from detlab.platform import checkpoint as ckpt
 from detlab.platform import distributed as distr
 from detlab.platform.compose import flatten, to_yaml
 from detlab.platform.optim import build_optimizer, build_scheduler
+from detlab.platform.progress import Progress
 from detlab.platform.tracking import RunLogger, git_commit
 
 
@@ -238,13 +238,9 @@ def train(
     # ---- the loop ----------------------------------------------------------------------
     metrics: dict[str, float] = {}
     stream = batches(loader, sampler, dataset, start_step)
-    bar = tqdm(
-        total=tc.steps,
-        initial=start_step,
-        desc=f"{cfg.method.name}",
-        disable=not (tc.progress and info.is_main) or None,
-        dynamic_ncols=True,
-    )
+    bar = Progress(tc.steps, cfg.tracking.run_name or cfg.method.name, initial=start_step,
+                   enabled=tc.progress and info.is_main, every_s=tc.progress_every_s,
+                   rate_unit=("img", tc.batch_size))  # fmt: skip
     step, t_last, wait_s, imgs = start_step, time.perf_counter(), 0.0, 0
     try:
         while step < tc.steps:
@@ -287,7 +283,7 @@ def train(
                     "data_wait_frac": wait_s / max(dt, 1e-9),
                 }
                 logger.log_metrics(metrics, step)
-                bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+                bar.set(loss=metrics["loss"])
                 t_last, wait_s, imgs = time.perf_counter(), 0.0, 0
             # online kNN monitor (used for pruning by sweeps)
             if monitor and (step % tc.knn_every == 0 or step == tc.steps):

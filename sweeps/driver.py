@@ -20,9 +20,9 @@ from pathlib import Path
 import optuna
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
-from tqdm import tqdm
 
 from detlab.platform.compose import flatten, group_options
+from detlab.platform.progress import Progress
 from detlab.sweeps.optuna_setup import build_pruner, build_sampler
 from detlab.sweeps.space import (
     SweepError,
@@ -144,13 +144,12 @@ def start_slurm_workers(study, url: str, cfg: DictConfig, n: int, out_dir: Path)
 def follow(study: optuna.Study, workers_alive) -> None:
     """Progress bar until no trial is waiting or running and no worker is alive."""
     total = len(study.get_trials(deepcopy=False)) or 1
-    with tqdm(total=total, desc=f"sweep {study.study_name}", unit="trial") as bar:
+    bar = Progress(total, f"sweep {study.study_name}", unit="trial")
+    try:
         while True:
             trials = study.get_trials(deepcopy=False)
             done = sum(t.state in FINISHED for t in trials)
-            bar.total = sum(t.state != TrialState.FAIL for t in trials)
-            bar.n = done
-            bar.refresh()
+            bar.goto(done, total=sum(t.state != TrialState.FAIL for t in trials))
             active = any(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in trials)
             alive = workers_alive()
             if not active and not alive:
@@ -158,6 +157,8 @@ def follow(study: optuna.Study, workers_alive) -> None:
             if not alive and active:
                 raise SweepError("all workers ended while trials remain: see the worker logs")
             time.sleep(1.0)
+    finally:
+        bar.close()
 
 
 def status(study: optuna.Study, log_plots: bool = True) -> dict:

@@ -148,3 +148,12 @@ def test_export_prints_a_load_line_that_works(tiny_shapes, tmp_path, tiny_cfg, c
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("load with: "))
     exec(line.removeprefix("load with: "), {})  # strict load_state_dict: raises on any mismatch
     assert ("torchvision.models.resnet18()" in line) == (geometry == "torchvision")
+
+
+def test_redirected_output_gets_periodic_progress_lines(tiny_shapes, tmp_path, tiny_cfg, capsys):
+    cfg = tiny_cfg(tiny_shapes, tmp_path, "train.progress=true", "train.progress_every_s=0",
+                   method="byol", steps=3)  # fmt: skip
+    train(cfg)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ": step " in ln]
+    assert [ln.split(": step ")[1].split()[0] for ln in lines] == ["1/3", "2/3", "3/3", "3/3"]
+    assert lines[0].startswith(cfg.tracking.run_name or "byol") and "img/s" in lines[0]
