@@ -92,6 +92,8 @@ def generate(method: str, data_root, out, split: str = "train", workers: int = 1
         with ctx.Pool(workers, initializer=_init, initargs=init_args) as pool:
             for count in pool.imap_unordered(_work, jobs):
                 bar.update(count)
+            pool.close()  # workers exit on their own: terminate() (the with's exit) leaks
+            pool.join()  # the pool's semaphores, and the resource tracker warns at shutdown
     bar.close()
     if stop_after_shards is not None and any(
         not shard_done(folder, k) for k in range(-(-n // shard_size))

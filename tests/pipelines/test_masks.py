@@ -120,3 +120,16 @@ def test_corrupt_image_is_named_before_any_work(tiny_shapes, tmp_path):
 def test_unknown_param_is_named(tiny_shapes, tmp_path):
     with pytest.raises(ValueError, match="unknown params.*'scal'"):
         generate("fh", tiny_shapes, tmp_path / "fh", params={"scal": 3}, progress=False)
+
+
+def test_the_stage_command_runs_two_workers_without_warnings(tiny_shapes, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "grid"
+    args = f"--method grid --data {tiny_shapes} --out {out} --workers 2 --shard-size 4"
+    cmd = [sys.executable, "-m", "detlab.pipelines.masks.run", *args.split()]  # 3 shards
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Warning" not in done.stderr and "leaked" not in done.stderr, done.stderr[-2000:]
+    assert len(MaskStore(out)) == 12
