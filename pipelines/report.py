@@ -126,12 +126,19 @@ def chance_of(records: list[dict]) -> dict[str, float]:
 
 # ---------------------------------------------------------------- findings
 def diff_finding(fid, label, metric, a, b, pooled=0.0, target=None) -> dict:
-    """mean(a) - mean(b) with its bootstrap CI, verdict, and size in pooled seed std."""
+    """mean(a) - mean(b) with its bootstrap CI and verdict, and its size: ``d`` in the seed
+    std pooled over the two rows compared (Cohen's d; the acceptance target applies to it)
+    and ``ratio`` in the std pooled over every pretraining row (stricter when one row is
+    noisier than these two)."""
     ci = paired_diff_ci(a, b, LEVEL)
-    ratio = ci["diff"] / pooled if pooled > 0 and math.isfinite(ci["diff"]) else None
-    met = None if target is None or ratio is None else bool(ratio >= target)
+    finite = math.isfinite(ci["diff"])
+    pair = pooled_std([list(a.values()), list(b.values())])
+    d = ci["diff"] / pair if pair > 0 and finite else None
+    ratio = ci["diff"] / pooled if pooled > 0 and finite else None
+    met = None if target is None or d is None else bool(d >= target)
     out = dict(id=fid, label=label, metric=metric, verdict=interval_verdict(ci["lo"], ci["hi"]))
-    return out | ci | dict(pooled_std=pooled, ratio=ratio, target=target, meets_target=met)
+    out |= dict(pair_std=pair, d=d, pooled_std=pooled, ratio=ratio)
+    return out | ci | dict(target=target, meets_target=met)
 
 
 def order_finding(rows: list[dict], metric: str) -> dict:
@@ -269,6 +276,34 @@ def flat_rows(cells: list[dict], refs: list[dict]) -> list[dict]:
     ]
 
 
+def mean_rows(summary_rows: dict[str, dict], x: str, metric: str) -> list[dict]:
+    """The ``dvc plots`` data of a study (template ``plots/study_means.json``): one point
+    per (series, x) with the seed mean and mean ± std, and one row per reference (a rule)."""
+    out = []
+    for r in summary_rows:
+        m = r["metrics"].get(metric) or {}
+        if m.get("mean") is None:
+            continue
+        std = m.get("std") or 0.0
+        out.append(dict(series=r["series"], kind=r["kind"], **{x: r.get(x)}, mean=m["mean"],
+                        std=std, lo=m["mean"] - std, hi=m["mean"] + std, n=m["n"]))  # fmt: skip
+    return out
+
+
+def plot_tables(mq_s: dict, res_s: dict) -> dict[str, list[dict]]:
+    """``mask_quality``: x = ABO, one point per mask source; ``resolution``: x = px, one
+    line per mask source; both with the references as rules."""
+    refs = [r | dict(series=r["label"], kind="reference") for r in res_s["references"].values()]
+    mq = [r | dict(series=r["label"], kind="cell" if r["kind"] == "pretrain" else "reference")
+          for r in mq_s["rows"].values()]  # fmt: skip
+    res = [r | dict(series=m, kind="cell", resolution=int(k))
+           for m, g in res_s["table"].items() for k, r in g.items()]  # fmt: skip
+    return {
+        "mask_quality": mean_rows(mq, "abo", HEADLINE),
+        "resolution": mean_rows(res + refs, "resolution", HEADLINE),
+    }
+
+
 def finite(o):
     """JSON-safe copy: non-finite floats (an unknown CI bound, an undefined rho) -> null."""
     if isinstance(o, dict):
@@ -301,6 +336,8 @@ def write_report(metrics_root: Path, out: Path) -> dict:
     points = resolution_points(res, mq)
     write_json(out / "plots" / "mask_quality.json", flat_rows(mq, refs))
     write_json(out / "plots" / "resolution.json", flat_rows(points, refs))
+    for name, table in plot_tables(mq_s, res_s).items():
+        write_json(out / "plots" / f"{name}_means.json", table)
     ref_rows = reference_rows(refs, mq_s["metrics"] + mq_s["classes"])
     result = {
         "mask_quality": {"summary": mq_s, "cells": mq},
