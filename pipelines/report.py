@@ -352,8 +352,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--metrics", default="metrics/studies")
     p.add_argument("--out", default="reports")
+    p.add_argument("--tracking-uri", default=None,
+                   help="also log each study's report to its MLflow parent run")  # fmt: skip
     args = p.parse_args(argv)
-    write_report(Path(args.metrics), Path(args.out))
+    result = write_report(Path(args.metrics), Path(args.out))
+    if args.tracking_uri:
+        from detlab.pipelines.report_mlflow import log_report
+
+        runs = log_report(result, Path(args.out), args.tracking_uri)
+        print(f"report logged to MLflow parent run(s) {', '.join(runs) or '(none found)'}")
     for name in ("mask_quality.md", "resolution.md"):
         print((Path(args.out) / name).read_text())
     return 0

@@ -26,7 +26,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -130,29 +132,39 @@ def pretrain(cfg, cluster: str):
     return submit_and_wait(cfg)
 
 
-def probe(backbone, overrides: list[str], evals: list[str], resolution: int) -> dict:
-    """Run the study's probes on ``backbone`` at ``resolution``; flat metrics plus the
-    chance levels and class names the report draws."""
-    from detlab.methods.eval import run_eval
+def probe(backbone, overrides: list[str], evals: list[str], resolution: int,
+          pictures: Path | None = None) -> dict:  # fmt: skip
+    """Run the study's probes on ``backbone`` at ``resolution``: flat metrics, the settings
+    each probe used (``eval.<name>.<key>``), chance levels and class names; prediction
+    pictures go to ``pictures/<name>/`` when given."""
+    from detlab.methods.eval import eval_params, run_eval
     from detlab.platform.distributed import resolve_device
 
     cfg = compose(overrides)
     device = resolve_device(cfg.train.device)
     metrics: dict[str, float] = {}
+    settings: dict[str, object] = {}
     for name in evals:
         ecfg = compose([*overrides, f"eval={name}", f"eval.resolution={resolution}"])
-        metrics.update(
-            {
-                k: float(v)
-                for k, v in run_eval(ecfg.eval, backbone.to(device), ecfg.data, device).items()
-            }
-        )
+        settings |= eval_params(ecfg.eval)
+        out = None if pictures is None else pictures / name
+        found = run_eval(ecfg.eval, backbone.to(device), ecfg.data, device, out)
+        metrics.update({k: float(v) for k, v in found.items()})
     from detlab.pipelines.datasets import open_dataset
 
     classes = list(
         open_dataset(cfg.data.root, cfg.data.train_split, format=cfg.data.format).classes
     )
-    return {"metrics": metrics, "chance": {"linear_top1": 1 / len(classes)}, "classes": classes}
+    chance = {"linear_top1": 1 / len(classes)}
+    return {"metrics": metrics, "params": settings, "chance": chance, "classes": classes}
+
+
+def log_probes(logger: RunLogger, probed: dict, step: int, pictures: Path | None) -> None:
+    """The probes' metrics, settings and prediction pictures, into one MLflow run."""
+    logger.log_metrics(probed["metrics"], step=step)
+    logger.log_params(probed["params"])
+    for png in sorted(pictures.glob("*/*.png")) if pictures else []:
+        logger.log_artifact(png, f"eval/{png.parent.name}")
 
 
 def health(tracking_uri: str, run_id: str) -> dict[str, float]:
@@ -171,12 +183,14 @@ def run_cell(
     resolution: int | None,
     metrics_root: Path,
     outputs_root: Path,
+    key: str | None = None,
 ) -> dict:
+    """``key``: the runner's (computed once, before any cell ran), else computed here."""
     st = params["studies"]
     resolution = int(resolution or st[study].get("resolution") or probe_resolution(params))
     name = cell_name(study, mask, seed, resolution)
     overrides = cell_overrides(params, study, mask, seed, resolution)
-    key = cell_key(overrides, inputs_fingerprint(params, mask))  # = planned_key of the runner
+    key = key or cell_key(overrides, inputs_fingerprint(params, mask))
     tracking_uri = st.get("tracking_uri", "sqlite:///mlflow.db")
     tracking = TrackingConfig(uri=tracking_uri, experiment=f"study-{study}")
     parent = parent_run(tracking, study)
@@ -194,12 +208,13 @@ def run_cell(
     from detlab.platform.checkpoint import load_backbone
 
     backbone = load_backbone(str(Path(cfg.train.out_dir) / "checkpoint.pt"), cfg.backbone)
-    probed = probe(backbone, overrides, st["evals"], probe_resolution(params))
+    pictures = Path(cfg.train.out_dir) / "eval"
+    probed = probe(backbone, overrides, st["evals"], probe_resolution(params), pictures)
     metrics = {**probed["metrics"], **health(tracking_uri, run_id)}
     logger = RunLogger(
         TrackingConfig(uri=tracking_uri, experiment=tracking.experiment, run_id=run_id)
     )
-    logger.log_metrics(probed["metrics"], step=cfg.train.steps)
+    log_probes(logger, probed, cfg.train.steps, pictures)
     logger.finish("FINISHED")
     quality_file = Path(params.get("quality_dir", "metrics/mask_quality")) / f"{mask}.json"
     quality = json.loads(quality_file.read_text()) if quality_file.exists() else {}
@@ -257,7 +272,9 @@ def reference_key(params: dict, kind: str, seed: int) -> str:
     return cell_key(overrides, inputs_fingerprint(params, None))
 
 
-def run_reference(params: dict, kind: str, seed: int, metrics_root: Path) -> dict:
+def run_reference(
+    params: dict, kind: str, seed: int, metrics_root: Path, key: str | None = None
+) -> dict:
     """A reference row: the study backbone randomly initialised (``random``) or trained on
     the segmentation labels with a pretraining cell's budget (``supervised``), probed like
     every cell and logged to each study's MLflow experiment."""
@@ -268,7 +285,7 @@ def run_reference(params: dict, kind: str, seed: int, metrics_root: Path) -> dic
         raise ValueError(f"reference kind {kind!r} is not one of {REFERENCES}")
     st = params["studies"]
     overrides = reference_overrides(params, seed)
-    key = reference_key(params, kind, seed)
+    key = key or reference_key(params, kind, seed)
     cfg = compose(overrides)
     seed_everything(seed, cfg.train.deterministic, cfg.train.threads)
     backbone = build_backbone(cfg.backbone)
@@ -290,7 +307,8 @@ def run_reference(params: dict, kind: str, seed: int, metrics_root: Path) -> dic
             seed=seed,
         )
     t1 = time.time()
-    probed = probe(backbone, overrides, st["evals"], probe_resolution(params))
+    pictures = Path(tempfile.mkdtemp(prefix="detlab-reference-"))
+    probed = probe(backbone, overrides, st["evals"], probe_resolution(params), pictures)
     name = f"{kind}-s{seed}"
     tracking_uri = st.get("tracking_uri", "sqlite:///mlflow.db")
     run_ids = {}
@@ -307,9 +325,10 @@ def run_reference(params: dict, kind: str, seed: int, metrics_root: Path) -> dic
         )
         logger.log_params({"reference": kind, "seed": seed, "resolution": cfg.aug.resolution,
                            "backbone": cfg.backbone.name, "steps": cfg.train.steps})  # fmt: skip
-        logger.log_metrics(probed["metrics"], step=0)
+        log_probes(logger, probed, 0, pictures)
         logger.finish("FINISHED")
         run_ids[study] = logger.run_id
+    shutil.rmtree(pictures, ignore_errors=True)
     record = {
         "study": "references",
         "kind": kind,

@@ -41,6 +41,21 @@ from detlab.pipelines.study import (
 from detlab.platform.config import TrackingConfig
 
 REFERENCES_DIR = "references"
+DESCRIPTIONS = {  # each study experiment's description in the MLflow UI
+    "mask_quality": (
+        "DetCon-B pretrained with masks of increasing quality (grid < SLIC < FH < ground "
+        "truth, measured as ABO against the ground truth: metric `mask_abo`), and BYOL on one "
+        "global mask as the image-level baseline; 3 seeds per source. Read "
+        "`seg_miou_objects` (segmentation probe, object classes) per `detlab.cell` against "
+        "the reference runs (random init, supervised). The parent run `study: mask_quality` "
+        "holds the report: table, plot, verdicts with confidence intervals."
+    ),
+    "resolution": (
+        "DetCon-B (gt masks) pretrained at several resolutions (param `aug.resolution`); "
+        "every cell is probed at the same resolution. The 64 px cells are the mask-quality "
+        "study's. The parent run `study: resolution` holds the report."
+    ),
+}
 
 
 class StudyFailure(RuntimeError):
@@ -139,18 +154,33 @@ def check_cells(params: dict, cells: list[Cell]) -> None:
         raise StudyFailure("study cells are misconfigured (nothing ran):\n  " + "\n  ".join(errors))
 
 
-def run_one(params: dict, cell: Cell, metrics_root: Path, outputs_root: Path) -> dict:
-    """One cell or reference, in this process (a pool worker calls this)."""
+def run_one(params: dict, cell: Cell, metrics_root: Path, outputs_root: Path, key: str) -> dict:
+    """One cell or reference, in this process (a pool worker calls this). ``key`` is the one
+    planned before any cell ran, so code edited meanwhile cannot make the record stale."""
     if cell.kind is not None:
-        return run_reference(params, cell.kind, cell.seed, metrics_root)
+        return run_reference(params, cell.kind, cell.seed, metrics_root, key)
     return run_cell(params, cell.study, cell.mask, cell.seed, cell.resolution, metrics_root,
-                    outputs_root)  # fmt: skip
+                    outputs_root, key)  # fmt: skip
 
 
 def summary(record: dict) -> str:
     m = record.get("metrics", {})
     score = m.get("seg_miou_objects", m.get("linear_top1"))
     return "" if score is None else f", seg mIoU (objects) {score:.4f}"
+
+
+def end_parents(uri: str, parents: dict[str, str], failures: list[str]) -> None:
+    """Each study's parent run ends with its children: FAILED when one of its cells (or a
+    reference, shared by both studies) failed, else FINISHED; the failures as a tag."""
+    if not parents:
+        return
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    for study, run_id in parents.items():
+        mine = [f for f in failures if f.startswith((f"{study} ", f"{REFERENCES_DIR} "))]
+        client.set_tag(run_id, "detlab.failed_cells", "; ".join(mine)[:5000] or "none")
+        client.set_terminated(run_id, status="FAILED" if mine else "FINISHED")
 
 
 def run_studies(
@@ -168,15 +198,23 @@ def run_studies(
         raise ValueError(f"studies.jobs must be >= 1, got {jobs}")
     cells = plan(params)
     removed = [str(p) for p in remove_stale(metrics_root, cells)]
-    todo = [c for c in cells if not is_done(metrics_root, c, planned_key(params, c))]
+    keys = {c: planned_key(params, c) for c in cells}
+    todo = [c for c in cells if not is_done(metrics_root, c, keys[c])]
     kept = [c.label for c in cells if c not in todo]
     check_cells(params, todo)
     print(f"studies: {len(todo)} of {len(cells)} cells to run ({len(kept)} up to date), "
           f"{jobs} at a time", file=out, flush=True)  # fmt: skip
+    uri = st.get("tracking_uri", "sqlite:///mlflow.db")
+    parents = {}
     if todo:  # the parent runs exist before workers look them up (no race to create them)
-        uri = st.get("tracking_uri", "sqlite:///mlflow.db")
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(uri)
         for study in STUDIES:
-            parent_run(TrackingConfig(uri=uri, experiment=f"study-{study}"), study)
+            parents[study] = parent_run(TrackingConfig(uri=uri, experiment=f"study-{study}"), study)
+            client.update_run(parents[study], status="RUNNING")  # children coming
+            experiment = client.get_run(parents[study]).info.experiment_id
+            client.set_experiment_tag(experiment, "mlflow.note.content", DESCRIPTIONS[study])
     failures: list[str] = []
     t0 = time.time()
 
@@ -193,14 +231,15 @@ def run_studies(
     if jobs == 1 or len(todo) <= 1:
         for i, cell in enumerate(todo, 1):
             try:
-                done(i, cell, run_one(params, cell, metrics_root, outputs_root))
+                done(i, cell, run_one(params, cell, metrics_root, outputs_root, keys[cell]))
             except Exception as e:  # noqa: BLE001 - reported with the cell, the rest goes on
                 done(i, cell, error=e)
     else:
         ctx = multiprocessing.get_context("spawn")  # no forked torch / MLflow state
         with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=ctx) as pool:
             running: dict[Future, Cell] = {
-                pool.submit(run_one, params, c, metrics_root, outputs_root): c for c in todo
+                pool.submit(run_one, params, c, metrics_root, outputs_root, keys[c]): c
+                for c in todo
             }
             finished = 0
             while running:
@@ -212,6 +251,7 @@ def run_studies(
                         done(finished, cell, fut.result())
                     except Exception as e:  # noqa: BLE001
                         done(finished, cell, error=e)
+    end_parents(uri, parents, failures)
     if failures:
         raise StudyFailure(
             f"{len(failures)} of {len(todo)} study cells failed (finished ones are kept; "

@@ -76,6 +76,14 @@ def create_run(cfg: TrackingConfig, tags: dict[str, str] | None = None) -> str:
     return run.info.run_id
 
 
+def log_new_params(client: MlflowClient, run_id: str, params: dict[str, object]) -> None:
+    """Log the params the run does not have yet (MLflow params are write-once)."""
+    existing = client.get_run(run_id).data.params
+    new = [Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in params.items() if k not in existing]
+    for i in range(0, len(new), 100):
+        client.log_batch(run_id, params=new[i : i + 100])
+
+
 class RunLogger:
     """Logs to one MLflow run; a no-op when ``active`` is False (non-zero ranks)."""
 
@@ -90,12 +98,8 @@ class RunLogger:
         self.uri = cfg.uri
 
     def log_params(self, params: dict[str, object]) -> None:
-        if not self.active:
-            return
-        existing = self.client.get_run(self.run_id).data.params
-        new = [Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in params.items() if k not in existing]
-        for i in range(0, len(new), 100):
-            self.client.log_batch(self.run_id, params=new[i : i + 100])
+        if self.active:
+            log_new_params(self.client, self.run_id, params)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         if self.active:

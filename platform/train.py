@@ -200,7 +200,11 @@ def train(
 
     # ---- tracking (rank 0 only) ------------------------------------------------------
     logger = RunLogger(cfg.tracking, active=info.is_main)
-    logger.log_params(flatten(cfg))
+    # eval.* holds the probes' settings (logged by whoever runs a probe); pretraining reads
+    # only the online kNN monitor's two
+    params = {k: v for k, v in flatten(cfg).items() if not k.startswith("eval.")}
+    logger.log_params(params | {"monitor.knn_k": cfg.eval.k,
+                                "monitor.knn_temperature": cfg.eval.knn_temperature})  # fmt: skip
     logger.set_tags(
         {
             "git_commit": git_commit(),

@@ -17,6 +17,25 @@ WHAT = {"has_labels": "image-level labels", "has_semantic": "semantic masks",
         "has_instances": "instance annotations"}  # fmt: skip
 
 
+# the settings each protocol reads (besides resolution, batch_size and max_images)
+SETTINGS = {
+    "knn": ("k", "knn_temperature"),
+    "linear": ("epochs", "lr", "weight_decay"),
+    "seg": ("head", "finetune", "balanced", "epochs", "weight_decay"),
+    "det": ("steps", "lr"),
+}
+
+
+def eval_params(eval_cfg) -> dict[str, object]:
+    """``eval.<protocol>.<key>`` -> value for the settings that protocol actually used, for
+    the MLflow run it is logged to (not the unused defaults of the other protocols)."""
+    name = eval_cfg.name
+    keys = ["resolution", "batch_size", "max_images", *SETTINGS[name]]
+    if name == "seg" and (eval_cfg.head != "linear" or eval_cfg.finetune):
+        keys.append("lr")  # the frozen linear head is fitted by L-BFGS: no learning rate
+    return {f"eval.{name}.{k}": eval_cfg[k] for k in keys}
+
+
 class EvalError(ValueError):
     """The protocol cannot run on this dataset / checkpoint (names what is missing)."""
 

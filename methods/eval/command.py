@@ -78,9 +78,14 @@ def eval_command(cfg: DictConfig) -> int:
     for key, value in metrics.items():
         print(f"  {key:<24} {value:.4f}")
     if run_id:
+        from detlab.methods.eval import eval_params
+        from detlab.platform.tracking import log_new_params
+
         client = MlflowClient(cfg.tracking.uri)
         for key, value in metrics.items():
             client.log_metric(run_id, key, value, step=int(state.get("step") or 0))
+        # params are write-once in MLflow: a repeated eval keeps its first settings there
+        log_new_params(client, run_id, eval_params(cfg.eval))
         client.set_tag(run_id, f"detlab.eval.{cfg.eval.name}", f"{seconds:.1f}s")
         for path in sorted(out_dir.glob("*.png")):
             client.log_artifact(run_id, str(path), f"eval/{cfg.eval.name}")

@@ -132,4 +132,4 @@ def test_the_stage_command_runs_two_workers_without_warnings(tiny_shapes, tmp_pa
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Warning" not in done.stderr and "leaked" not in done.stderr, done.stderr[-2000:]
-    assert len(MaskStore(out)) == 12
+    assert len(MaskStore.open(out)) == 12

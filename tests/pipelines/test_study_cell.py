@@ -33,6 +33,19 @@ def test_a_cell_run_twice_gives_identical_metrics(tiny_shapes, tiny_params, tmp_
     # exactly, not approximately (json: a class absent from both splits is nan in both)
     assert json.dumps(first, sort_keys=True) == json.dumps(second, sort_keys=True)
     assert records[0]["mlflow_run_id"] != records[1]["mlflow_run_id"]  # two real runs
+    # the run records the probes actually run, with their settings and pictures
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(params["studies"]["tracking_uri"])
+    run = client.get_run(records[0]["mlflow_run_id"])
+    logged = run.data.params
+    assert logged["eval.seg.resolution"] == str(params["studies"]["probe_resolution"])
+    assert logged["eval.seg.head"] == "linear" and "eval.linear.epochs" in logged
+    assert "eval.seg.lr" not in logged  # the L-BFGS fit has none
+    assert not any(k.startswith("eval.") and k.count(".") == 1 for k in logged)  # no defaults
+    assert logged["monitor.knn_k"] == "20"
+    pictures = [a.path for a in client.list_artifacts(run.info.run_id, "eval/seg")]
+    assert pictures == ["eval/seg/seg_predictions.png"]
 
 
 def test_references_are_probed_like_cells_and_logged_to_each_study(

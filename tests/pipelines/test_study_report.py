@@ -7,6 +7,7 @@ import json
 import random
 import statistics
 
+import numpy as np
 import pytest
 
 from detlab.pipelines.report import main, write_report
@@ -165,6 +166,15 @@ def test_gt_minus_random_finding_sign_ci_and_verdict(tmp_path):
     assert f["diff"] == pytest.approx(0.40, abs=5e-3) and f["paired"]
     assert 0 < f["lo"] <= f["diff"] <= f["hi"] and f["verdict"] == "reproduced"
     assert f["meets_target"] and f["target"] == 3.0
+    # d: the difference over the seed std pooled over the two rows compared (Cohen's d)
+    rows = studies["mask_quality"]["summary"]["rows"]
+    a, b = (
+        np.array(list(rows[k]["metrics"][f["metric"]]["values"].values())) for k in ("gt", "random")
+    )
+    pair = np.sqrt(
+        ((len(a) - 1) * a.var(ddof=1) + (len(b) - 1) * b.var(ddof=1)) / (len(a) + len(b) - 2)
+    )
+    assert f["d"] == pytest.approx((a.mean() - b.mean()) / pair)
     md = (out / "mask_quality.md").read_text()
     assert f"DetCon (gt masks) − random init**: {f['diff']:+.4f} [{f['lo']:+.4f}, " in md
     # the other way round: random init better than gt -> reversed, not reproduced

@@ -1,0 +1,98 @@
+"""The studies stage's runner: every cell planned once, longest first; misconfigured cells
+refused before compute; a failing cell does not stop the others, and a rerun retrains only
+what failed or changed; records of cells no longer in the params are removed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from detlab.pipelines.study_runner import StudyFailure, plan, run_studies
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def repo_params() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def test_plan_has_every_cell_and_reference_once_longest_first():
+    params = repo_params()
+    st = params["studies"]
+    cells = plan(params)
+    mq, res, refs = (st[k] for k in ("mask_quality", "resolution", "references"))
+    expected = (
+        len(mq["masks"]) * len(mq["seeds"])
+        + len(res["masks"]) * len(res["resolutions"]) * len(res["seeds"])
+        + len(refs["kinds"]) * len(refs["seeds"])
+    )
+    assert len(cells) == expected == len({(c.study, c.name) for c in cells})
+    assert [c.cost for c in cells] == sorted((c.cost for c in cells), reverse=True)
+    assert cells[0].study == "mask_quality" and cells[-1].kind == "random"  # 64 px first
+
+
+def parent_status(params: dict, study: str) -> tuple[str, str]:
+    """(status, first 19 characters of the failed-cells tag) of the study's parent run."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(params["studies"]["tracking_uri"])
+    exp = client.get_experiment_by_name(f"study-{study}")
+    (run,) = client.search_runs([exp.experiment_id], "tags.`detlab.role` = 'parent'")
+    return run.info.status, run.data.tags["detlab.failed_cells"][:19]
+
+
+@pytest.fixture
+def study_params(tiny_shapes, tiny_params, tmp_path) -> dict:
+    from detlab.pipelines.masks import generate
+
+    generate("gt", tiny_shapes, tmp_path / "masks" / "gt", workers=1, progress=False)
+    params = tiny_params(repo_params(), tmp_path)
+    params["prepare"]["out"] = str(tiny_shapes)
+    params["masks"]["out"] = str(tmp_path / "masks")  # grid's masks are not there (yet)
+    params["quality_dir"] = str(tmp_path / "no-quality")
+    params["studies"]["resolution"].update(seeds=[])
+    params["studies"]["references"].update(kinds=["random"])
+    return params
+
+
+@pytest.mark.slow
+def test_failing_cells_do_not_stop_the_others_and_a_rerun_retries_only_them(
+    study_params, tiny_shapes, tmp_path
+):
+    from detlab.pipelines.masks import generate
+
+    metrics, outputs = tmp_path / "metrics", tmp_path / "outputs"
+    with pytest.raises(StudyFailure) as err:  # two worker processes
+        run_studies(study_params, metrics, outputs, jobs=2)
+    message = str(err.value)
+    assert "2 of 7 study cells failed" in message
+    assert "mask_quality grid-s0: " in message and "mask_quality grid-s1: " in message
+    done = sorted(p.relative_to(metrics).as_posix() for p in metrics.glob("*/*.json"))
+    assert done == ["mask_quality/global-s0.json", "mask_quality/global-s1.json",
+                    "mask_quality/gt-s0.json", "mask_quality/gt-s1.json",
+                    "references/random-s0.json"]  # fmt: skip
+
+    assert parent_status(study_params, "mask_quality") == ("FAILED", "mask_quality grid-s")
+    assert parent_status(study_params, "resolution") == ("FINISHED", "none")
+
+    generate("grid", tiny_shapes, tmp_path / "masks" / "grid", workers=1, progress=False)
+    study_params["studies"]["mask_quality"]["masks"] = ["grid", "gt"]  # global dropped
+    before = json.loads((metrics / "mask_quality/gt-s0.json").read_text())
+    result = run_studies(study_params, metrics, outputs, jobs=1)
+    assert sorted(result["ran"]) == ["mask_quality grid-s0", "mask_quality grid-s1"]
+    assert len(result["kept"]) == 3
+    assert sorted(Path(p).name for p in result["removed"]) == ["global-s0.json", "global-s1.json"]
+    after = json.loads((metrics / "mask_quality/gt-s0.json").read_text())
+    assert after == before  # kept as it was: not retrained
+    assert json.loads((metrics / "mask_quality/grid-s1.json").read_text())["key"]
+    assert parent_status(study_params, "mask_quality") == ("FINISHED", "none")
+
+
+def test_misconfigured_cells_are_refused_before_any_compute(study_params, tmp_path):
+    study_params["studies"]["mask_quality"]["cells"]["gt"] = ["train.steps=-1"]
+    with pytest.raises(StudyFailure, match=r"nothing ran\):\n  mask_quality gt r32: .*steps"):
+        run_studies(study_params, tmp_path / "metrics", tmp_path / "outputs", jobs=2)
+    assert not list((tmp_path / "metrics").glob("*/*.json"))
