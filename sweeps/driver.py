@@ -106,6 +106,13 @@ def create_or_resume(sweep: DictConfig, base: DictConfig, url: str, overrides: l
         for _ in range(enqueued, sweep.n_trials):
             study.enqueue_trial({})
         study.set_user_attr("enqueued", max(enqueued, int(sweep.n_trials)))
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
+    if waiting:  # a resumed sweep with work left: its parent runs again until status ends it
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(study.user_attrs["tracking_uri"]).update_run(
+            study.user_attrs["parent_run_id"], status="RUNNING"
+        )
     return study
 
 
@@ -176,7 +183,27 @@ def status(study: optuna.Study, log_plots: bool = True) -> dict:
     ]
     if log_plots and len(done) >= 2:
         out["plots"] = log_study_plots(study)
+    end_parent(study, out)
     return out
+
+
+def end_parent(study: optuna.Study, info: dict) -> None:
+    """Once no trial waits or runs, the sweep's MLflow parent run ends (FINISHED with the
+    best trial's value, number and params; FAILED when no trial completed). A resumed sweep
+    reopens it when its workers log again."""
+    states = info["states"]
+    if states.get("WAITING") or states.get("RUNNING") or "parent_run_id" not in study.user_attrs:
+        return
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(study.user_attrs["tracking_uri"])
+    parent = study.user_attrs["parent_run_id"]
+    best = info["best"]
+    if best:
+        client.log_metric(parent, "best_value", float(best["value"]))
+        client.set_tag(parent, "best_trial", str(best["trial"]))
+        client.set_tag(parent, "best_params", json.dumps(best["params"], sort_keys=True))
+    client.set_terminated(parent, status="FINISHED" if best else "FAILED")
 
 
 def log_study_plots(study: optuna.Study) -> list[str]:

@@ -11,8 +11,8 @@ on the dataset and masks that ``dvc repro`` built (``data/``), into a temporary 
 temporary MLflow store. The default seeds (>= 100) are the protocol's tuning seeds, apart
 from the reported ones (0..2). Prints per row mean ± std over seeds of the headline metric
 (object-class mIoU of the frozen linear segmentation probe) and, for each pretrained row,
-(row - random init) / pooled seed std and (gt - global) / pooled seed std: the study asks
-for >= 3 and >= 2.
+the gain over random init and gt - global with their effect size d (the difference over the
+seed std pooled over the two rows): the study asks for >= 3 and >= 2.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from detlab.pipelines.stats import paired_diff_ci, pooled_std
+from detlab.pipelines.stats import pooled_std
 
 HEADLINE = "seg_miou_objects"
 
@@ -61,29 +61,36 @@ def row_of(record: dict) -> str:
 
 
 def report(records: list[dict]) -> None:
+    from detlab.pipelines.report import diff_finding
+
     by_row: dict[str, dict[int, float]] = {}
     for r in records:
         if HEADLINE in r["metrics"]:
             by_row.setdefault(row_of(r), {})[int(r["seed"])] = r["metrics"][HEADLINE]
     pretrained = [k for k in by_row if k not in ("random", "supervised")]
     noise = pooled_std([list(by_row[k].values()) for k in pretrained])
-    print(f"\n{HEADLINE}; pooled seed std over pretrained rows = {noise:.4f}")
-    print(f"{'row':<12}{'mean':>8}{'std':>8}{'n':>3}   Δ vs random [95% CI]      Δ/std")
+    print(f"\n{HEADLINE}; seed std pooled over pretrained rows = {noise:.4f}")
+    print(f"{'row':<12}{'mean':>8}{'std':>8}{'n':>3}   Δ vs random [95% CI]        d   Δ/all-std")
     random = by_row.get("random", {})
+
+    def sizes(a: dict, b: dict) -> str:
+        f = diff_finding("x", "x", HEADLINE, a, b, noise)
+        d = float("nan") if f["d"] is None else f["d"]
+        ratio = float("nan") if f["ratio"] is None else f["ratio"]
+        return f"{f['diff']:+.4f} [{f['lo']:+.4f}, {f['hi']:+.4f}]  {d:+5.1f}  {ratio:+5.1f}"
+
     for row, vals in by_row.items():
         v = np.array(list(vals.values()))
         line = f"{row:<12}{v.mean():8.4f}{v.std(ddof=1) if len(v) > 1 else 0:8.4f}{len(v):3d}"
         if random and row != "random":
-            ci = paired_diff_ci(vals, random)
-            ratio = ci["diff"] / noise if noise else float("nan")
-            line += f"   {ci['diff']:+.4f} [{ci['lo']:+.4f}, {ci['hi']:+.4f}]   {ratio:+.1f}"
+            line += "   " + sizes(vals, random)
         print(line)
     if "gt" in by_row and "global" in by_row:
-        ci = paired_diff_ci(by_row["gt"], by_row["global"])
-        print(
-            f"gt - global: {ci['diff']:+.4f} [{ci['lo']:+.4f}, {ci['hi']:+.4f}] = "
-            f"{ci['diff'] / noise if noise else float('nan'):+.1f} pooled std (target >= 2)"
-        )
+        print(f"gt - global: {sizes(by_row['gt'], by_row['global'])}")
+    print(
+        "d = Δ / seed std pooled over the two rows (targets: gt - random >= 3, "
+        "gt - global >= 2); Δ/all-std: over every pretrained row"
+    )
 
 
 def main() -> None:

@@ -105,6 +105,13 @@ def test_six_trials_two_workers(sweep_args, tmp_path):
         )
         assert run.data.metrics["objective"] == pytest.approx(t.value)
         assert run.info.status == "FINISHED"
+    # the parent ended with its trials and carries the best one
+    parent = MlflowClient(study.user_attrs["tracking_uri"]).get_run(
+        study.user_attrs["parent_run_id"]
+    )
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["best_value"] == pytest.approx(study.best_value)
+    assert parent.data.tags["best_trial"] == str(study.best_trial.number)
     # re-running the command on a finished study starts nothing new
     assert cli(["sweep", "sweep=temperature", *args, "--wait"]) == 0
     assert len(load(tmp_path).get_trials()) == 6
