@@ -39,9 +39,11 @@ HEALTH_NOTE = "rep. std = std of the normalised embeddings (near 0: collapse); m
 MQ_FINDINGS = """\
 ## Findings
 
-Paper: DetCon beats random init and the global baseline; better masks transfer better. Pooled
-seed std: over all pretraining rows. Seeds: {n}. Better-masks ordering: significant only when
-exact p < {alpha} and the bootstrap CI of rho excludes 0. Verdicts come from the intervals.
+Paper: DetCon beats random init and the global baseline; better masks transfer better.
+Seeds: {n}. Effect size d = difference / seed std pooled over the two rows compared (Cohen's
+d; the acceptance targets apply to it); also shown in units of the std pooled over all
+pretraining rows (the heading's). Better-masks ordering: significant only when exact
+p < {alpha} and the bootstrap CI of rho excludes 0. Verdicts come from the intervals.
 """
 RES_INTRO = """\
 # Resolution study
@@ -96,12 +98,16 @@ def finding_line(f: dict) -> str:
             f"all {f['n_points']} (abo, seed) points rho = {f['rho_points']:.2f}, {how} "
             f"p = {f['p']:.3f}; rho {LEVEL:.0%} bootstrap CI {ci}: **{f['verdict']}**."
         )
-    ratio = ""
+    size = ""
+    if f.get("d") is not None:
+        size = f"; d = {f['d']:+.1f} (std of these two rows {f['pair_std']:.4f}"
+        if f.get("ratio") is not None:
+            size += f"; {f['ratio']:+.1f} × the std pooled over all pretraining rows"
+        size += ")"
     if f["target"] is not None:
         met = {True: "met", False: "NOT met", None: "not measurable"}[f["meets_target"]]
-        size = "n/a" if f["ratio"] is None else f"{f['ratio']:+.1f}"
-        ratio = f"; = {size} pooled std (target ≥ {f['target']:.0f}: {met})"
-    return f"- **{f['label']}**: {fci(f)} ({pairing(f)}){ratio}: **{f['verdict']}**."
+        size += f", target d ≥ {f['target']:.0f}: {met}"
+    return f"- **{f['label']}**: {fci(f)} ({pairing(f)}){size}: **{f['verdict']}**."
 
 
 def probe_table(s: dict) -> list[str]:
