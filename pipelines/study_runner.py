@@ -178,6 +178,13 @@ def end_parents(uri: str, parents: dict[str, str], failures: list[str]) -> None:
 
     client = MlflowClient(uri)
     for study, run_id in parents.items():
+        # every cell has ended: a child still RUNNING lost its process (a killed worker)
+        experiment = client.get_run(run_id).info.experiment_id
+        for child in client.search_runs(
+            [experiment], f"tags.mlflow.parentRunId = '{run_id}' and attributes.status = 'RUNNING'"
+        ):
+            client.set_tag(child.info.run_id, "failure_reason", "its process ended mid-run")
+            client.set_terminated(child.info.run_id, status="KILLED")
         mine = [f for f in failures if f.startswith((f"{study} ", f"{REFERENCES_DIR} "))]
         client.set_tag(run_id, "detlab.failed_cells", "; ".join(mine)[:5000] or "none")
         client.set_terminated(run_id, status="FAILED" if mine else "FINISHED")

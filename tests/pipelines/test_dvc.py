@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import statistics
 import subprocess
 from pathlib import Path
 
@@ -57,13 +58,39 @@ def test_dvc_repro_end_to_end(tmp_path, tiny_params):
     findings = report.split("## Findings")[1]
     assert re.search(r"\*\*(reproduced|reversed|inconclusive[^*]*)\*\*", findings)
 
+    # MLflow: each study's parent run ended with its cells and carries the report
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(params["studies"]["tracking_uri"])
+    for study in ("mask_quality", "resolution"):
+        exp = client.get_experiment_by_name(f"study-{study}")
+        runs = client.search_runs([exp.experiment_id])
+        assert {r.info.status for r in runs} == {"FINISHED"}  # no RUNNING run left
+        (parent,) = [r for r in runs if r.data.tags.get("detlab.role") == "parent"]
+        report = [a.path for a in client.list_artifacts(parent.info.run_id, "report")]
+        assert f"report/{study}.md" in report and "report/studies.json" in report
+        assert "random.seg_miou_objects.mean" in parent.data.metrics
+        assert parent.data.tags["mlflow.note.content"].startswith("#")
+        assert "seg_miou_objects" in exp.tags["mlflow.note.content"] or study == "resolution"
+    mq_parent = client.search_runs(
+        [client.get_experiment_by_name("study-mask_quality").experiment_id],
+        "tags.`detlab.role` = 'parent'",
+    )[0]
+    assert mq_parent.data.metrics["gt.seg_miou_objects.mean"] == pytest.approx(
+        statistics.mean(
+            json.loads((work / f"metrics/studies/mask_quality/gt-s{s}.json").read_text())[
+                "metrics"
+            ]["seg_miou_objects"]
+            for s in (0, 1)
+        )
+    )
+
     # `dvc plots show`: per mask source, mean and spread against ABO; references as rules
     shown = subprocess.run(["dvc", "plots", "show", "--json"], cwd=work, capture_output=True,
                            text=True, timeout=300)  # fmt: skip
     assert shown.returncode == 0, shown.stderr[-2000:]
-    plots = json.loads(shown.stdout)
-    means = next(v for k, v in plots.items() if k.endswith("mask_quality_means.json"))
-    data = means[0]["content"]["data"]["values"]
+    plots = json.loads(shown.stdout)["data"]
+    data = plots["reports/plots/mask_quality_means.json"][0]["content"]["data"]["values"]
     series = {row["series"] for row in data}
     assert {"grid", "gt", "global (BYOL)", "random init (no pretraining)"} <= series
     assert all(row["lo"] <= row["mean"] <= row["hi"] for row in data)

@@ -44,6 +44,17 @@ def parent_status(params: dict, study: str) -> tuple[str, str]:
     return run.info.status, run.data.tags["detlab.failed_cells"][:19]
 
 
+def orphan_child(params: dict, study: str) -> str:
+    """A RUNNING child run of the study's parent whose process is gone."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(params["studies"]["tracking_uri"])
+    exp = client.get_experiment_by_name(f"study-{study}")
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`detlab.role` = 'parent'")
+    run = client.create_run(exp.experiment_id, tags={"mlflow.parentRunId": parent.info.run_id})
+    return run.info.run_id
+
+
 @pytest.fixture
 def study_params(tiny_shapes, tiny_params, tmp_path) -> dict:
     from detlab.pipelines.masks import generate
@@ -81,6 +92,7 @@ def test_failing_cells_do_not_stop_the_others_and_a_rerun_retries_only_them(
     generate("grid", tiny_shapes, tmp_path / "masks" / "grid", workers=1, progress=False)
     study_params["studies"]["mask_quality"]["masks"] = ["grid", "gt"]  # global dropped
     before = json.loads((metrics / "mask_quality/gt-s0.json").read_text())
+    orphan = orphan_child(study_params, "mask_quality")  # as a SIGKILLed cell leaves it
     result = run_studies(study_params, metrics, outputs, jobs=1)
     assert sorted(result["ran"]) == ["mask_quality grid-s0", "mask_quality grid-s1"]
     assert len(result["kept"]) == 3
@@ -89,6 +101,11 @@ def test_failing_cells_do_not_stop_the_others_and_a_rerun_retries_only_them(
     assert after == before  # kept as it was: not retrained
     assert json.loads((metrics / "mask_quality/grid-s1.json").read_text())["key"]
     assert parent_status(study_params, "mask_quality") == ("FINISHED", "none")
+    from mlflow.tracking import MlflowClient
+
+    assert MlflowClient(study_params["studies"]["tracking_uri"]).get_run(orphan).info.status == (
+        "KILLED"
+    )
 
 
 def test_misconfigured_cells_are_refused_before_any_compute(study_params, tmp_path):
