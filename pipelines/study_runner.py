@@ -117,13 +117,16 @@ def is_done(metrics_root: Path, cell: Cell, key: str) -> bool:
         return False
 
 
-def remove_stale(metrics_root: Path, cells: list[Cell]) -> list[Path]:
-    """Delete records of cells that ``params.yaml`` no longer has; return them."""
+def remove_stale(metrics_root: Path, cells: list[Cell], uri: str | None = None) -> list[Path]:
+    """Delete records of cells that ``params.yaml`` no longer has (their MLflow runs are
+    tagged ``detlab.role=removed``); return them."""
     keep = {record_path(metrics_root, c) for c in cells}
     stale = []
     for folder in {*STUDIES, REFERENCES_DIR}:
         for f in sorted((metrics_root / folder).glob("*.json")):
             if f not in keep:
+                if uri:
+                    retire(uri, json.loads(f.read_text()), "removed")
                 f.unlink()
                 stale.append(f)
     return stale
@@ -169,6 +172,32 @@ def summary(record: dict) -> str:
     return "" if score is None else f", seg mIoU (objects) {score:.4f}"
 
 
+def retire(uri: str, record: dict, why: str, keep: bool = False) -> int:
+    """Tag the MLflow runs of ``record``'s cell ``detlab.role=<why>`` (all of them, or with
+    ``keep`` all but the record's own), so filtering an experiment on
+    ``tags.detlab.role = 'cell'`` counts every current cell once. Returns how many."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    current = record.get("mlflow_run_ids") or {record["study"]: record.get("mlflow_run_id")}
+    role = "reference" if "mlflow_run_ids" in record else "cell"
+    tagged = 0
+    for run_id in filter(None, current.values()):
+        try:
+            experiment = client.get_run(run_id).info.experiment_id
+        except MlflowException:  # a record from another tracking store
+            continue
+        query = f"tags.`detlab.cell` = '{record['cell']}' and tags.`detlab.role` = '{role}'"
+        for old in client.search_runs([experiment], query):
+            if not (keep and old.info.run_id == run_id):
+                client.set_tag(old.info.run_id, "detlab.role", why)
+                if keep:
+                    client.set_tag(old.info.run_id, "detlab.superseded_by", run_id)
+                tagged += 1
+    return tagged
+
+
 def end_parents(uri: str, parents: dict[str, str], failures: list[str]) -> None:
     """Each study's parent run ends with its children: FAILED when one of its cells (or a
     reference, shared by both studies) failed, else FINISHED; the failures as a tag."""
@@ -204,14 +233,14 @@ def run_studies(
     if jobs < 1:
         raise ValueError(f"studies.jobs must be >= 1, got {jobs}")
     cells = plan(params)
-    removed = [str(p) for p in remove_stale(metrics_root, cells)]
+    uri = st.get("tracking_uri", "sqlite:///mlflow.db")
+    removed = [str(p) for p in remove_stale(metrics_root, cells, uri)]
     keys = {c: planned_key(params, c) for c in cells}
     todo = [c for c in cells if not is_done(metrics_root, c, keys[c])]
     kept = [c.label for c in cells if c not in todo]
     check_cells(params, todo)
     print(f"studies: {len(todo)} of {len(cells)} cells to run ({len(kept)} up to date), "
           f"{jobs} at a time", file=out, flush=True)  # fmt: skip
-    uri = st.get("tracking_uri", "sqlite:///mlflow.db")
     parents = {}
     if todo:  # the parent runs exist before workers look them up (no race to create them)
         from mlflow.tracking import MlflowClient
@@ -229,6 +258,7 @@ def run_studies(
         elapsed = time.time() - t0
         head = f"[{i:>{len(str(len(todo)))}}/{len(todo)}] {cell.label}"
         if error is None:
+            retire(uri, result, "superseded", keep=True)  # older runs of this cell
             print(f"{head}: done{summary(result)} ({elapsed:.0f} s elapsed)", file=out, flush=True)
         else:
             line = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"

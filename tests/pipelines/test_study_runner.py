@@ -103,6 +103,21 @@ def test_failing_cells_do_not_stop_the_others_and_a_rerun_retries_only_them(
     assert parent_status(study_params, "mask_quality") == ("FINISHED", "none")
     from mlflow.tracking import MlflowClient
 
+    # a changed cell reruns into a new run; the old one is tagged superseded, so filtering
+    # on role = cell counts every cell once
+    study_params["studies"]["mask_quality"]["cells"]["gt"] = ["train.steps=4"]
+    assert run_studies(study_params, metrics, outputs, jobs=1)["ran"] == [
+        "mask_quality gt-s0", "mask_quality gt-s1"]  # fmt: skip
+    client = MlflowClient(study_params["studies"]["tracking_uri"])
+    exp = client.get_experiment_by_name("study-mask_quality").experiment_id
+    cells = client.search_runs([exp], "tags.`detlab.role` = 'cell'")
+    assert sorted(r.data.tags["detlab.cell"] for r in cells) == [
+        "grid-s0", "grid-s1", "gt-s0", "gt-s1"]  # fmt: skip
+    old = client.search_runs([exp], "tags.`detlab.role` = 'superseded'")
+    assert {r.data.tags["detlab.superseded_by"] for r in old} == {
+        r.info.run_id for r in cells if r.data.tags["detlab.cell"].startswith("gt")
+    }
+
     assert MlflowClient(study_params["studies"]["tracking_uri"]).get_run(orphan).info.status == (
         "KILLED"
     )
