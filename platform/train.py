@@ -203,6 +203,9 @@ def train(
     # eval.* holds the probes' settings (logged by whoever runs a probe); pretraining reads
     # only the online kNN monitor's two
     params = {k: v for k, v in flatten(cfg).items() if not k.startswith("eval.")}
+    if cfg.cluster.name == "local":  # SLURM settings mean nothing for a local run
+        params = {k: v for k, v in params.items() if not k.startswith("cluster.")}
+        params["cluster.name"] = "local"
     logger.log_params(params | {"monitor.knn_k": cfg.eval.k,
                                 "monitor.knn_temperature": cfg.eval.knn_temperature})  # fmt: skip
     logger.set_tags(

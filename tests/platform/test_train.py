@@ -48,6 +48,10 @@ def test_every_method_trains_and_logs(name, tiny_shapes, tiny_mask_sets, tmp_pat
     run = MlflowClient(cfg.tracking.uri).get_run(res.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["method.name"] == name
+    assert run.data.params["cluster.name"] == "local"  # and no SLURM settings of a local run
+    assert not [
+        k for k in run.data.params if k.startswith(("cluster.", "eval.")) and k != "cluster.name"
+    ]
     assert run.data.tags["detlab.data_fingerprint"]
     for key in ("lr", "images_per_s", "data_wait_frac"):
         assert key in run.data.metrics
