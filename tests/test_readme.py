@@ -34,6 +34,7 @@ TINY = {
     "sweep": ["backbone=tiny", "aug.resolution=32", "train.batch_size=8", "train.steps=2",
               "sweep.n_trials=2", "sweep.n_workers=1"],
     "config": [],
+    "export": [],
     "jobs": [],
 }  # fmt: skip
 ELSEWHERE = {  # command -> where it runs
@@ -136,9 +137,9 @@ def local_env() -> dict:
 
 
 @pytest.mark.slow
-def test_readme_local_commands_run_as_written(scratch, tmp_path):
+def test_readme_local_commands_run_as_written(scratch, tmp_path, monkeypatch):
     """Pretraining, config, evaluation, transfer and the local sweep, in README order."""
-    env, run_id = local_env(), None
+    env, run_id, exported = local_env(), None, 0
     for section, command in readme_commands():
         if command in ELSEWHERE or on_cluster(section, command):
             continue
@@ -155,7 +156,13 @@ def test_readme_local_commands_run_as_written(scratch, tmp_path):
             assert "name: simclr" in out
         if command.startswith("detlab eval"):
             assert f"logged to MLflow run {run_id}" in out
+        if command.startswith("detlab export"):  # the printed line loads the weights (strict)
+            line = next(x for x in out.splitlines() if x.startswith("load with: "))
+            monkeypatch.chdir(scratch)  # the printed path is relative to where it ran
+            exec(line.removeprefix("load with: "), {})
+            exported += 1
     assert run_id, "the README's tiny pretraining example did not run"
+    assert exported, "the README's export example did not run"
 
 
 @pytest.mark.slurm
