@@ -14,11 +14,8 @@ changed one starts afresh, and ``run`` (pipelines/study_runner.py) skips cells w
 already holds their key. Output: ``metrics/studies/<study>/<cell>.json``.
 
 Every cell is probed the same way at ``studies.probe_resolution`` (so the resolution study
-varies the pretraining resolution only). The references give the probes a scale:
-``random`` is the same backbone randomly initialised (what pretraining must beat) and
-``supervised`` is the backbone trained on the segmentation labels with a pretraining cell's
-budget (steps x batch, resolution, crops), an upper bound at this budget. Both are logged
-to MLflow as runs of each study's experiment (tag ``detlab.role=reference``).
+varies the pretraining resolution only). The references that give the probes a scale
+(random init, supervised) are in pipelines/study_reference.py.
 """
 
 from __future__ import annotations
@@ -26,9 +23,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -40,7 +35,6 @@ from detlab.platform.tracking import RunLogger, create_run
 
 BASELINE = {"global": "method=byol"}  # the global-mask cell is the image-level baseline
 STUDIES = ("mask_quality", "resolution")
-REFERENCES = ("random", "supervised")
 HEALTH = ("loss", "rep_std", "knn_top1")  # last logged values of the pretraining run
 
 
@@ -57,13 +51,20 @@ def code_fingerprint() -> str:
     return h.hexdigest()
 
 
-def inputs_fingerprint(params: dict, mask: str | None) -> str:
-    """Content fingerprint of what a cell reads: the dataset's splits and its mask set (the
-    store's meta.json records the shards' hash), so new masks or data retrain the cell."""
+def dataset_fingerprint(params: dict) -> str:
+    """The study dataset's train and val fingerprints (each stats every image: compute it
+    once per run of many cells and pass it on)."""
     from detlab.pipelines.datasets import open_dataset
 
     root = params["prepare"]["out"]
-    parts = [open_dataset(root, split).fingerprint for split in ("train", "val")]
+    return "\n".join(open_dataset(root, split).fingerprint for split in ("train", "val"))
+
+
+def inputs_fingerprint(params: dict, mask: str | None, dataset: str | None = None) -> str:
+    """Content fingerprint of what a cell reads: the dataset's splits (``dataset``, else
+    computed) and its mask set (the store's meta.json records the shards' hash), so new masks
+    or data retrain the cell."""
+    parts = [dataset or dataset_fingerprint(params)]
     if mask and mask != "global":
         meta = Path(params["masks"]["out"]) / mask / "meta.json"
         parts.append(json.loads(meta.read_text())["fingerprint"] if meta.exists() else "absent")
@@ -74,6 +75,13 @@ def cell_key(overrides: list[str], inputs: str) -> str:
     """The identity of a cell's result: its overrides, the training code and its inputs."""
     text = "\n".join([*overrides, code_fingerprint(), inputs])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def study_cell_key(params: dict, study: str, mask: str, seed: int, resolution: int,
+                   inputs: str | None = None) -> str:  # fmt: skip
+    """A study cell's key; ``inputs``: its inputs_fingerprint when already known."""
+    overrides = cell_overrides(params, study, mask, seed, resolution)
+    return cell_key(overrides, inputs or inputs_fingerprint(params, mask))
 
 
 def cell_name(study: str, mask: str, seed: int, resolution: int | None) -> str:
@@ -132,15 +140,15 @@ def pretrain(cfg, cluster: str):
     return submit_and_wait(cfg)
 
 
-def probe(backbone, overrides: list[str], evals: list[str], resolution: int,
+def probe(backbone, cfg, overrides: list[str], evals: list[str], resolution: int,
           pictures: Path | None = None) -> dict:  # fmt: skip
     """Run the study's probes on ``backbone`` at ``resolution``: flat metrics, the settings
     each probe used (``eval.<name>.<key>``), chance levels and class names; prediction
-    pictures go to ``pictures/<name>/`` when given."""
+    pictures go to ``pictures/<name>/`` when given. ``cfg``: the cell's composed
+    ``overrides`` (device, data)."""
     from detlab.methods.eval import eval_params, run_eval
     from detlab.platform.distributed import resolve_device
 
-    cfg = compose(overrides)
     device = resolve_device(cfg.train.device)
     metrics: dict[str, float] = {}
     settings: dict[str, object] = {}
@@ -190,7 +198,7 @@ def run_cell(
     resolution = int(resolution or st[study].get("resolution") or probe_resolution(params))
     name = cell_name(study, mask, seed, resolution)
     overrides = cell_overrides(params, study, mask, seed, resolution)
-    key = key or cell_key(overrides, inputs_fingerprint(params, mask))
+    key = key or study_cell_key(params, study, mask, seed, resolution)
     tracking_uri = st.get("tracking_uri", "sqlite:///mlflow.db")
     tracking = TrackingConfig(uri=tracking_uri, experiment=f"study-{study}")
     parent = parent_run(tracking, study)
@@ -209,7 +217,7 @@ def run_cell(
 
     backbone = load_backbone(str(Path(cfg.train.out_dir) / "checkpoint.pt"), cfg.backbone)
     pictures = Path(cfg.train.out_dir) / "eval"
-    probed = probe(backbone, overrides, st["evals"], probe_resolution(params), pictures)
+    probed = probe(backbone, cfg, overrides, st["evals"], probe_resolution(params), pictures)
     metrics = {**probed["metrics"], **health(tracking_uri, run_id)}
     logger = RunLogger(
         TrackingConfig(uri=tracking_uri, experiment=tracking.experiment, run_id=run_id)
@@ -256,99 +264,6 @@ def write_record(record: dict, out: Path) -> dict:
     return record
 
 
-def reference_overrides(params: dict, seed: int) -> list[str]:
-    st = params["studies"]
-    return [
-        *st["common"],
-        *(st.get("references", {}) or {}).get("overrides", []),
-        f"data.root={params['prepare']['out']}",
-        f"train.seed={seed}",
-        f"aug.resolution={st['mask_quality']['resolution']}",
-    ]
-
-
-def reference_key(params: dict, kind: str, seed: int) -> str:
-    overrides = [f"reference={kind}", *reference_overrides(params, seed)]
-    return cell_key(overrides, inputs_fingerprint(params, None))
-
-
-def run_reference(
-    params: dict, kind: str, seed: int, metrics_root: Path, key: str | None = None
-) -> dict:
-    """A reference row: the study backbone randomly initialised (``random``) or trained on
-    the segmentation labels with a pretraining cell's budget (``supervised``), probed like
-    every cell and logged to each study's MLflow experiment."""
-    from detlab.methods.backbones import build_backbone
-    from detlab.platform.train import seed_everything
-
-    if kind not in REFERENCES:
-        raise ValueError(f"reference kind {kind!r} is not one of {REFERENCES}")
-    st = params["studies"]
-    overrides = reference_overrides(params, seed)
-    key = key or reference_key(params, kind, seed)
-    cfg = compose(overrides)
-    seed_everything(seed, cfg.train.deterministic, cfg.train.threads)
-    backbone = build_backbone(cfg.backbone)
-    t0 = time.time()
-    if kind == "supervised":
-        from detlab.methods.eval.supervised import train_supervised
-        from detlab.pipelines.datasets import open_dataset
-
-        ref = st.get("references", {}) or {}
-        images = open_dataset(cfg.data.root, cfg.data.train_split, format=cfg.data.format)
-        backbone = train_supervised(
-            backbone,
-            images,
-            resolution=cfg.aug.resolution,
-            steps=cfg.train.steps,
-            batch_size=cfg.train.batch_size,
-            crop_scale=tuple(cfg.aug.crop_scale),
-            lr=float(ref.get("supervised_lr", 2e-3)),
-            seed=seed,
-        )
-    t1 = time.time()
-    pictures = Path(tempfile.mkdtemp(prefix="detlab-reference-"))
-    probed = probe(backbone, overrides, st["evals"], probe_resolution(params), pictures)
-    name = f"{kind}-s{seed}"
-    tracking_uri = st.get("tracking_uri", "sqlite:///mlflow.db")
-    run_ids = {}
-    for study in STUDIES:
-        tracking = TrackingConfig(uri=tracking_uri, experiment=f"study-{study}")
-        logger = RunLogger(
-            TrackingConfig(
-                uri=tracking_uri,
-                experiment=tracking.experiment,
-                run_name=f"reference: {name}",
-                parent_run_id=parent_run(tracking, study),
-                tags={"detlab.study": study, "detlab.role": "reference", "detlab.cell": name},
-            )
-        )
-        logger.log_params({"reference": kind, "seed": seed, "resolution": cfg.aug.resolution,
-                           "backbone": cfg.backbone.name, "steps": cfg.train.steps})  # fmt: skip
-        log_probes(logger, probed, 0, pictures)
-        logger.finish("FINISHED")
-        run_ids[study] = logger.run_id
-    shutil.rmtree(pictures, ignore_errors=True)
-    record = {
-        "study": "references",
-        "kind": kind,
-        "cell": name,
-        "mask": None,
-        "seed": seed,
-        "resolution": int(cfg.aug.resolution),
-        "probe_resolution": probe_resolution(params),
-        "metrics": probed["metrics"],
-        "chance": probed["chance"],
-        "classes": probed["classes"],
-        "key": key,
-        "mlflow_run_ids": run_ids,
-        "train_seconds": round(t1 - t0, 1),
-        "eval_seconds": round(time.time() - t1, 1),
-        "overrides": overrides,
-    }
-    return write_record(record, metrics_root / "references" / f"{name}.json")
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description="Run every study cell (`run`, the DVC stage) or one cell or reference."
@@ -356,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("study", choices=["run", *STUDIES, "reference"])
     p.add_argument("--jobs", type=int, default=None, help="run: cells at a time (studies.jobs)")
     p.add_argument("--mask", help="mask source (studies)")
-    p.add_argument("--kind", choices=REFERENCES, help="reference kind (reference)")
+    p.add_argument("--kind", choices=("random", "supervised"), help="reference kind (reference)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resolution", type=int, default=None)
     p.add_argument("--params", default="params.yaml")
@@ -376,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.study == "reference":
         if not args.kind:
             p.error("reference needs --kind random|supervised")
+        from detlab.pipelines.study_reference import run_reference
+
         rec = run_reference(params, args.kind, args.seed, Path(args.metrics))
         print(json.dumps({k: rec[k] for k in ("cell", "metrics", "train_seconds")}))
         return 0

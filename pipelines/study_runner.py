@@ -28,16 +28,16 @@ from pathlib import Path
 
 from detlab.pipelines.study import (
     STUDIES,
-    cell_key,
     cell_name,
     cell_overrides,
+    dataset_fingerprint,
     inputs_fingerprint,
     parent_run,
-    reference_key,
-    reference_overrides,
     run_cell,
-    run_reference,
+    study_cell_key,
 )
+from detlab.pipelines.study_reference import reference_key, reference_overrides, run_reference
+from detlab.platform.cli import one_line
 from detlab.platform.config import TrackingConfig
 
 REFERENCES_DIR = "references"
@@ -80,7 +80,6 @@ class Cell:
 def plan(params: dict) -> list[Cell]:
     """Every cell of both studies and every reference in ``params``, longest first."""
     st = params["studies"]
-    steps_cost = 1.0  # pretraining time grows with the pixels per step; probes are fixed cost
     cells = []
     for study in STUDIES:
         spec = st[study]
@@ -88,7 +87,7 @@ def plan(params: dict) -> list[Cell]:
         for mask in spec["masks"]:
             for res in resolutions:
                 for seed in spec["seeds"]:
-                    cost = 0.2 + steps_cost * (int(res) / 64) ** 2
+                    cost = 0.2 + (int(res) / 64) ** 2  # pretraining ~ pixels; probes fixed
                     cells.append(Cell(study, cell_name(study, mask, seed, res), int(seed), mask,
                                       int(res), cost=cost))  # fmt: skip
     refs = st.get("references", {}) or {}
@@ -99,11 +98,17 @@ def plan(params: dict) -> list[Cell]:
     return sorted(cells, key=lambda c: -c.cost)
 
 
-def planned_key(params: dict, cell: Cell) -> str:
-    if cell.kind is not None:
-        return reference_key(params, cell.kind, cell.seed)
-    overrides = cell_overrides(params, cell.study, cell.mask, cell.seed, cell.resolution)
-    return cell_key(overrides, inputs_fingerprint(params, cell.mask))
+def planned_keys(params: dict, cells: list[Cell]) -> dict[Cell, str]:
+    """Every cell's key, the dataset fingerprinted once (it stats every image) and each mask
+    set once, not once per cell."""
+    dataset = dataset_fingerprint(params)
+    inputs = {m: inputs_fingerprint(params, m, dataset) for m in {c.mask for c in cells}}
+    return {
+        c: reference_key(params, c.kind, c.seed, inputs[c.mask])
+        if c.kind is not None
+        else study_cell_key(params, c.study, c.mask, c.seed, c.resolution, inputs[c.mask])
+        for c in cells
+    }
 
 
 def record_path(metrics_root: Path, cell: Cell) -> Path:
@@ -235,7 +240,7 @@ def run_studies(
     cells = plan(params)
     uri = st.get("tracking_uri", "sqlite:///mlflow.db")
     removed = [str(p) for p in remove_stale(metrics_root, cells, uri)]
-    keys = {c: planned_key(params, c) for c in cells}
+    keys = planned_keys(params, cells)
     todo = [c for c in cells if not is_done(metrics_root, c, keys[c])]
     kept = [c.label for c in cells if c not in todo]
     check_cells(params, todo)
@@ -261,7 +266,7 @@ def run_studies(
             retire(uri, result, "superseded", keep=True)  # older runs of this cell
             print(f"{head}: done{summary(result)} ({elapsed:.0f} s elapsed)", file=out, flush=True)
         else:
-            line = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
+            line = one_line(error)
             failures.append(f"{cell.label}: {line}")
             print(f"{head}: FAILED {line}", file=out, flush=True)
 

@@ -53,7 +53,7 @@ def test_references_are_probed_like_cells_and_logged_to_each_study(
 ):
     from mlflow.tracking import MlflowClient
 
-    from detlab.pipelines.study import run_reference
+    from detlab.pipelines.study_reference import run_reference
 
     params = tiny_params(yaml.safe_load((REPO / "params.yaml").read_text()), tmp_path)
     params["prepare"]["out"] = str(tiny_shapes)
