@@ -130,31 +130,33 @@ class Photometric:
 
     def sample(self) -> Tensor:
         """[NUM_PARAMS] parameters of one sample, from torch's global RNG."""
-        p = torch.empty(NUM_PARAMS)
-        u = torch.rand(9)
+        u = torch.rand(9).tolist()  # Python floats: per-slot tensor writes cost ~0.3 ms
+        order = torch.randperm(4).tolist()
+        p = [0.0] * NUM_PARAMS
         p[JITTER] = float(u[0] < self.jitter_p)
         for slot, amount, draw in zip((BRIGHT, CONTRAST, SATUR), self.factors, u[1:4], strict=True):
             low = max(0.0, 1 - amount)  # torchvision: factor ~ U[max(0, 1 - a), 1 + a]
             p[slot] = low + draw * (1 + amount - low)
         p[HUE] = (2 * u[4] - 1) * self.hue
-        p[ORDER] = torch.randperm(4).float()
+        p[ORDER] = order
         p[GRAYSCALE] = float(u[5] < self.grayscale_p)
         p[BLUR] = float(u[6] < self.blur_p)
         p[SIGMA] = self.sigma[0] + u[7] * (self.sigma[1] - self.sigma[0])
         p[SOLARIZE] = float(u[8] < self.solarize_p)
-        return p
+        return torch.tensor(p)
 
     def apply(self, x: Tensor, p: Tensor) -> Tensor:
         """x [B, 3, R, R] float in [0, 1], p [B, NUM_PARAMS] -> normalised [B, 3, R, R]."""
-        x = x.float()
+        x_in, x = x, x.float()
         on = p[:, JITTER] > 0
         if on.any():
+            x = x.clone() if x is x_in else x  # written in place below, never the caller's
             order = p[:, ORDER].long()  # [B, 4]
             for pos in range(4):
                 for op in range(4):
                     idx = torch.nonzero(on & (order[:, pos] == op)).flatten()
                     if idx.numel():  # each sample runs each op once: cost of one batch
-                        x = x.index_copy(0, idx, jitter_op(op, x[idx], p[idx]))
+                        x.index_copy_(0, idx, jitter_op(op, x[idx], p[idx]))
         gray = p[:, GRAYSCALE] > 0
         if gray.any():
             x = torch.where(gray.view(-1, 1, 1, 1), grayscale(x).expand_as(x), x)

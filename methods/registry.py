@@ -24,6 +24,18 @@ METHODS: dict[str, type[nn.Module]] = {
 }
 
 
+# The image-level counterpart of each object-level method: the same objective with one
+# "mask" (the whole image), the baseline a study compares the object-level method against.
+IMAGE_BASELINE: dict[str, str] = {"detcon_b": "byol", "detcon_s": "simclr", "soco": "byol"}
+TITLES = {"simclr": "SimCLR", "byol": "BYOL", "mocov2": "MoCo v2", "vicreg": "VICReg",
+          "detcon_s": "DetCon-S", "detcon_b": "DetCon-B", "soco": "SoCo"}  # fmt: skip
+
+
+def title(name: str | None) -> str:
+    """How reports name a method (``detcon_s`` -> ``DetCon-S``); unknown names as given."""
+    return TITLES.get(name or "", name or "?")
+
+
 class UnknownMethodError(ValueError):
     pass
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from detlab.methods.registry import title
 from detlab.pipelines.stats import (
     combine_verdicts,
     describe,
@@ -54,7 +55,7 @@ METRIC_NAMES = {
 PROBE_METRICS = (HEADLINE, "seg_miou", "seg_iou_background", "linear_top1", "linear_top5")
 HEALTH_METRICS = ("final_loss", "rep_std", "knn_top1")
 FINDING_METRICS = (HEADLINE, "linear_top1")
-GLOBAL, GT = "global", "gt"  # the image-level baseline (BYOL) and ground-truth masks
+GLOBAL, GT = "global", "gt"  # the image-level baseline (e.g. SimCLR) and ground-truth masks
 REFERENCES = {
     "random": "random init (no pretraining)",
     "supervised": "supervised (labels, same budget)",
@@ -63,7 +64,7 @@ LEVEL, ALPHA = 0.95, 0.05  # CI level; significance level of the rank tests
 FLAG_STD = 2.0  # ⚠ when the gain over random init is under this many pooled seed std
 COMPARISONS = (  # (id, label, row a, row b, acceptance target in pooled seed std)
     ("gt_minus_random", "DetCon (gt masks) − random init", GT, "random", 3.0),
-    ("gt_minus_global", "DetCon (gt masks) − global (BYOL)", GT, GLOBAL, 2.0),
+    ("gt_minus_global", "DetCon (gt masks) − global ({baseline})", GT, GLOBAL, 2.0),
 )
 
 
@@ -159,16 +160,18 @@ def order_finding(rows: list[dict], metric: str) -> dict:
 
 def mask_findings(rows: dict[str, dict], metric: str, pooled: float) -> list[dict]:
     out = []
+    baseline = title(row_method(rows.get(GLOBAL)))
     for fid, label, a, b, target in COMPARISONS:
         va, vb = vals(rows.get(a), metric), vals(rows.get(b), metric)
         if va and vb:
+            label = label.format(baseline=baseline)
             out.append(diff_finding(fid, label, metric, va, vb, pooled, target))
     detcon = [r for r in rows.values() if r["kind"] == "pretrain" and r["row"] != GLOBAL]
     detcon = [r for r in detcon if vals(r, metric)]
     if len(ordered := [r for r in detcon if r["abo"] is not None]) >= 3:
         out.append(order_finding(ordered, metric))
     if detcon and (glob := vals(rows.get(GLOBAL), metric)):
-        label = f"DetCon averaged over {len(detcon)} mask sources − global (BYOL)"
+        label = f"DetCon averaged over {len(detcon)} mask sources − global ({baseline})"
         avg = seedwise_mean([vals(r, metric) for r in detcon])
         out.append(diff_finding("detcon_avg_minus_global", label, metric, avg, glob, pooled))
     return out
@@ -181,7 +184,8 @@ def summarise_mask_quality(cells: list[dict], refs: list[dict]) -> dict:
     for c in cells:
         by_mask[c["mask"]].append(c)
     pre = [
-        make_row(m, "global (BYOL)" if m == GLOBAL else m, "pretrain", cs, keys + classes)
+        make_row(m, f"global ({title(cs[0].get('method'))})" if m == GLOBAL else m, "pretrain",
+                 cs, keys + classes)  # fmt: skip
         for m, cs in by_mask.items()
     ]
     pre.sort(key=lambda r: (r["abo"] is not None, r["abo"] or 0.0, r["row"]))
@@ -196,7 +200,17 @@ def summarise_mask_quality(cells: list[dict], refs: list[dict]) -> dict:
     probe = sorted({r["probe_resolution"] for r in records if r.get("probe_resolution")})
     seeds = sorted({int(r["seed"]) for r in records})
     s = dict(rows=rows, metrics=keys, classes=classes, chance=chance_of(records), seeds=seeds)
+    s |= dict(method=methods_title(cells), baseline=title(row_method(rows.get(GLOBAL))))
     return s | dict(pooled_std=pooled, probe_resolutions=probe, findings=found)
+
+
+def methods_title(cells: list[dict]) -> str:
+    """The object-level method(s) the study's non-global cells trained, for its prose."""
+    return " / ".join(sorted({title(c.get("method")) for c in cells if c["mask"] != GLOBAL}))
+
+
+def row_method(row: dict | None) -> str | None:
+    return (row or {}).get("method")
 
 
 def resolution_points(res_cells: list[dict], mq_cells: list[dict]) -> list[dict]:
@@ -263,6 +277,7 @@ def summarise_resolution(res_cells: list[dict], mq_cells: list[dict], refs: list
     }
     found = [f for k in keys for f in resolution_findings(table, k)]
     s = dict(table=table, metrics=keys, references=reference_rows(refs, keys))
+    s |= dict(method=methods_title(cells))
     return s | dict(chance=chance_of(cells + refs), findings=found)
 
 

@@ -26,8 +26,8 @@ bootstrap CI is optimistic (2 seeds: exactly the range of the two differences).
 MQ_INTRO = """\
 # Mask-quality study
 
-DetCon-B pretrained with each mask source (global: the image-level BYOL baseline), then frozen and
-probed. abo = average best overlap of the masks with the ground-truth objects. Seeds: {seeds};
+{method} pretrained with each mask source (global: the image-level {baseline} baseline), then
+frozen and probed. abo = average best overlap of the masks with the ground-truth objects. Seeds: {seeds};
 probe resolution (px): {probe}. The headline metric is seg mIoU (objects): object-class mIoU of
 the frozen linear segmentation probe.
 """
@@ -48,7 +48,7 @@ p < {alpha} and the bootstrap CI of rho excludes 0. Verdicts come from the inter
 RES_INTRO = """\
 # Resolution study
 
-DetCon-B pretrained at each resolution per mask source; the mask-quality study's cells supply its
+{method} pretrained at each resolution per mask source; the mask-quality study's cells supply its
 resolution (column "study"). References are probed at the same probe resolution as every cell.
 """
 RES_FINDINGS = """\
@@ -129,7 +129,8 @@ def probe_table(s: dict) -> list[str]:
 
 def mask_quality_markdown(s: dict) -> str:
     probe = ", ".join(map(str, s["probe_resolutions"])) or "not recorded"
-    lines = [MQ_INTRO.format(seeds=", ".join(map(str, s["seeds"])) or "none", probe=probe)]
+    seeds = ", ".join(map(str, s["seeds"])) or "none"
+    lines = [MQ_INTRO.format(seeds=seeds, probe=probe, method=s["method"], baseline=s["baseline"])]
     if len(s["probe_resolutions"]) > 1:
         lines += ["⚠ the records were probed at different resolutions: not comparable.", ""]
     if not s["rows"]:
@@ -168,7 +169,7 @@ def resolution_finding_line(f: dict) -> str:
 
 
 def resolution_markdown(s: dict) -> str:
-    lines = [RES_INTRO, CAPTION]
+    lines = [RES_INTRO.format(method=s["method"]), CAPTION]
     if not s["table"]:
         return "\n".join([*lines, "No resolution-study cells yet: nothing to compare.", ""])
     keys = s["metrics"]

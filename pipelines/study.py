@@ -33,7 +33,6 @@ from detlab.platform.compose import compose
 from detlab.platform.config import TrackingConfig
 from detlab.platform.tracking import RunLogger, create_run
 
-BASELINE = {"global": "method=byol"}  # the global-mask cell is the image-level baseline
 STUDIES = ("mask_quality", "resolution")
 HEALTH = ("loss", "rep_std", "knn_top1")  # last logged values of the pretraining run
 
@@ -93,6 +92,21 @@ def probe_resolution(params: dict) -> int:
     return int(st.get("probe_resolution") or st["mask_quality"]["resolution"])
 
 
+def cell_method(method: str, mask: str) -> str:
+    """The method a cell trains: the study's, or for the global-mask cell (the image-level
+    baseline) the method's image-level counterpart (DetCon-B: BYOL; DetCon-S: SimCLR)."""
+    from detlab.methods.registry import IMAGE_BASELINE
+
+    if mask != "global":
+        return method
+    if method not in IMAGE_BASELINE:
+        raise ValueError(
+            f"studies.method={method!r} has no image-level baseline for the global cell; "
+            f"one of {sorted(IMAGE_BASELINE)}"
+        )
+    return IMAGE_BASELINE[method]
+
+
 def cell_overrides(params: dict, study: str, mask: str, seed: int, resolution: int) -> list[str]:
     st = params["studies"]
     spec = st[study]
@@ -100,7 +114,7 @@ def cell_overrides(params: dict, study: str, mask: str, seed: int, resolution: i
     return [
         *st["common"],
         *spec.get("overrides", []),
-        BASELINE.get(mask, f"method={st.get('method', 'detcon_b')}"),
+        f"method={cell_method(st.get('method', 'detcon_b'), mask)}",
         f"masks={mask}",
         *mask_path,
         f"data.root={params['prepare']['out']}",

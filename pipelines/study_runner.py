@@ -43,15 +43,15 @@ from detlab.platform.config import TrackingConfig
 REFERENCES_DIR = "references"
 DESCRIPTIONS = {  # each study experiment's description in the MLflow UI
     "mask_quality": (
-        "DetCon-B pretrained with masks of increasing quality (grid < SLIC < FH < ground "
-        "truth, measured as ABO against the ground truth: metric `mask_abo`), and BYOL on one "
-        "global mask as the image-level baseline; 3 seeds per source. Read "
+        "{method} pretrained with masks of increasing quality (grid < SLIC < FH < ground "
+        "truth, measured as ABO against the ground truth: metric `mask_abo`), and {baseline} "
+        "on one global mask as the image-level baseline; 3 seeds per source. Read "
         "`seg_miou_objects` (segmentation probe, object classes) per `detlab.cell` against "
         "the reference runs (random init, supervised). The parent run `study: mask_quality` "
         "holds the report: table, plot, verdicts with confidence intervals."
     ),
     "resolution": (
-        "DetCon-B (gt masks) pretrained at several resolutions (param `aug.resolution`); "
+        "{method} (gt masks) pretrained at several resolutions (param `aug.resolution`); "
         "every cell is probed at the same resolution. The 64 px cells are the mask-quality "
         "study's. The parent run `study: resolution` holds the report."
     ),
@@ -75,6 +75,14 @@ class Cell:
     @property
     def label(self) -> str:
         return f"{self.study} {self.name}"
+
+
+def description(st: dict, study: str) -> str:
+    from detlab.methods.registry import IMAGE_BASELINE, title
+
+    method = st.get("method", "detcon_b")
+    baseline = title(IMAGE_BASELINE.get(method))
+    return DESCRIPTIONS[study].format(method=title(method), baseline=baseline)
 
 
 def plan(params: dict) -> list[Cell]:
@@ -255,7 +263,7 @@ def run_studies(
             parents[study] = parent_run(TrackingConfig(uri=uri, experiment=f"study-{study}"), study)
             client.update_run(parents[study], status="RUNNING")  # children coming
             experiment = client.get_run(parents[study]).info.experiment_id
-            client.set_experiment_tag(experiment, "mlflow.note.content", DESCRIPTIONS[study])
+            client.set_experiment_tag(experiment, "mlflow.note.content", description(st, study))
     failures: list[str] = []
     t0 = time.time()
 

@@ -158,6 +158,7 @@ class EvalConfig:
     finetune: bool = False  # seg: fine-tune the backbone instead of freezing it
     head: str = "linear"  # seg: linear (1x1 conv on C5) | fpn (over C2-C5)
     balanced: bool = True  # seg linear probe: classes weighted by inverse pixel frequency
+    max_pixels: int | None = None  # seg linear probe: fit on at most this many pixels (None: all)
     steps: int = 1000  # det: fine-tuning iterations
     resolution: int | None = None  # None: the checkpoint's pretraining resolution
     max_images: int | None = None

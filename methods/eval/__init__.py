@@ -33,6 +33,8 @@ def eval_params(eval_cfg) -> dict[str, object]:
     keys = ["resolution", "batch_size", "max_images", *SETTINGS[name]]
     if name == "seg" and (eval_cfg.head != "linear" or eval_cfg.finetune):
         keys.append("lr")  # the frozen linear head is fitted by L-BFGS: no learning rate
+    elif name == "seg":
+        keys.append("max_pixels")
     return {f"eval.{name}.{k}": eval_cfg[k] for k in keys}
 
 

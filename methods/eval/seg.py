@@ -101,6 +101,7 @@ def fit_linear_seg(
     iters: int,
     weight_decay: float,
     balanced: bool = True,
+    max_pixels: int | None = None,
 ) -> tuple[Tensor, Tensor, nn.Conv2d]:
     """Standardise ``feats`` [N, C, h, w], fit a 1x1 conv to ``labels`` [N, H, W] by L-BFGS;
     returns (mean, std, head) for ``predict_linear_seg``.
@@ -111,7 +112,11 @@ def fit_linear_seg(
 
     A 1x1 conv commutes with bilinear upsampling, so the features are upsampled once to twice
     their size and the labels taken there (nearest): the fit then costs one small matmul per
-    L-BFGS evaluation instead of an upsampling of every logit map to the label size."""
+    L-BFGS evaluation instead of an upsampling of every logit map to the label size.
+
+    ``max_pixels``: fit on that many labelled pixels drawn uniformly without replacement
+    (a fixed generator: the same pixels for every backbone probed on the same data); None
+    or more than there are: all of them."""
     mean = feats.mean((0, 2, 3), keepdim=True)
     std = feats.std((0, 2, 3), keepdim=True).clamp_min(1e-6)
     h, w = feats.shape[-2:]
@@ -122,6 +127,9 @@ def fit_linear_seg(
     y = y.reshape(-1)
     keep = y != IGNORE
     x, y = x[keep], y[keep]
+    if max_pixels is not None and len(y) > max_pixels:
+        pick = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))[:max_pixels]
+        x, y = x[pick], y[pick]
     head = nn.Conv2d(x.shape[1], num_classes, 1)
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
@@ -185,7 +193,7 @@ def seg_probe(backbone, train_images, val_images, cfg, device, progress=True) ->
     if cfg.head == "linear" and not cfg.finetune:
         ftr = dense_features(backbone, xtr, cfg.batch_size, device)
         mean, std, head = fit_linear_seg(
-            ftr, ytr, num_classes, cfg.epochs, cfg.weight_decay, cfg.balanced
+            ftr, ytr, num_classes, cfg.epochs, cfg.weight_decay, cfg.balanced, cfg.max_pixels
         )
         fva = dense_features(backbone, xva, cfg.batch_size, device)
         pred = predict_linear_seg(fva, mean, std, head, yva.shape[-2:])

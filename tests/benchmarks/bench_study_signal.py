@@ -100,6 +100,7 @@ def main() -> None:
     p.add_argument("--masks", nargs="+", default=["gt", "global"])
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--metrics", type=Path, help="read these study records instead of training")
+    p.add_argument("--method", help="studies.method (default: params.yaml's)")
     p.add_argument("--set", nargs="*", default=[], help="overrides added to studies.common")
     args = p.parse_args()
     if args.metrics:
@@ -107,6 +108,8 @@ def main() -> None:
     else:
         params = yaml.safe_load(Path(args.params).read_text())
         params["studies"]["common"] += args.set
+        if args.method:
+            params["studies"]["method"] = args.method
         root = Path(tempfile.mkdtemp(prefix="bench-study-signal-"))
         records = train_records(params, args.masks, args.seeds, root)
     report(records)

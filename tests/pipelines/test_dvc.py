@@ -92,7 +92,7 @@ def test_dvc_repro_end_to_end(tmp_path, tiny_params):
     plots = json.loads(shown.stdout)["data"]
     data = plots["reports/plots/mask_quality_means.json"][0]["content"]["data"]["values"]
     series = {row["series"] for row in data}
-    assert {"grid", "gt", "global (BYOL)", "random init (no pretraining)"} <= series
+    assert {"grid", "gt", "global (SimCLR)", "random init (no pretraining)"} <= series
     assert all(row["lo"] <= row["mean"] <= row["hi"] for row in data)
 
     ran, out = repro(work)

@@ -72,3 +72,19 @@ def test_references_are_probed_like_cells_and_logged_to_each_study(
         assert run.data.tags["detlab.role"] == "reference"
         assert run.info.status == "FINISHED"
         assert run.data.metrics["seg_miou_objects"] == supervised["metrics"]["seg_miou_objects"]
+
+
+@pytest.mark.parametrize("method", ["detcon_b", "detcon_s", "soco"])
+def test_the_global_cell_trains_the_methods_image_level_counterpart(method):
+    from detlab.methods.registry import IMAGE_BASELINE, METHODS
+    from detlab.pipelines.study import cell_overrides
+    from detlab.platform.compose import compose
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["studies"]["method"] = method
+    baseline = compose(cell_overrides(params, "mask_quality", "global", 0, 64)).method.name
+    assert baseline == IMAGE_BASELINE[method] and baseline in METHODS
+    assert compose(cell_overrides(params, "mask_quality", "gt", 0, 64)).method.name == method
+    params["studies"]["method"] = "vicreg"  # no object-level method: no baseline to name
+    with pytest.raises(ValueError, match="studies.method='vicreg' has no image-level"):
+        cell_overrides(params, "mask_quality", "global", 0, 64)

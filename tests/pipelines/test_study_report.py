@@ -67,7 +67,7 @@ def write_records(root, masks=MASKS, refs=REFS, resolution=RESOLUTION, seeds=SEE
     """Records as ``detlab.pipelines.study`` writes them: <root>/<study>/<cell>.json."""
     recs = []
     for mask, (abo, m) in masks.items():
-        method = "byol" if mask == "global" else "detcon_b"
+        method = "simclr" if mask == "global" else "detcon_s"
         for s in seeds:
             recs.append(
                 record(
@@ -136,8 +136,11 @@ def test_reference_rows_and_chance_in_table_and_json(tmp_path):
     assert set(studies["references"]["rows"]) == {"random", "supervised"}
     assert studies["mask_quality"]["summary"]["chance"]["linear_top1"] == pytest.approx(1 / 6)
     order = [line.split(" | ")[0][2:] for line in md.splitlines() if line.startswith("| ")]
+    # rows and prose name the methods the records trained
+    assert "DetCon-S pretrained with each mask source (global: the image-level SimCLR" in md
+    assert "**DetCon (gt masks) − global (SimCLR)**" in md
     assert order[1:8] == [
-        "global (BYOL)",
+        "global (SimCLR)",
         "grid",
         "fh",
         "slic",

@@ -190,6 +190,31 @@ def test_linear_seg_probe_recovers_a_linearly_readable_labelling():
         assert (acc > 0.85) if expect_good else (acc < 0.6), acc
 
 
+def test_linear_seg_probe_fits_on_at_most_max_pixels():
+    """max_pixels >= all labelled pixels changes nothing; fewer: a fixed subset (the same on
+    every call), a different fit that reads the labelling as well."""
+    from detlab.methods.eval.seg import confusion_matrix, fit_linear_seg, predict_linear_seg
+
+    gen = torch.Generator().manual_seed(0)
+    coarse = torch.randint(0, 3, (40, 8, 8), generator=gen)
+    labels = coarse.repeat_interleave(2, 1).repeat_interleave(2, 2)  # [40, 16, 16]
+    onehot = torch.nn.functional.one_hot(coarse, 3).permute(0, 3, 1, 2).float()
+    feats = torch.cat([onehot, torch.randn(40, 5, 8, 8, generator=gen)], 1)
+    total = 30 * 16 * 16  # the fit reads the features upsampled to the labels' 16x16
+
+    def fit(max_pixels):
+        return fit_linear_seg(feats[:30], labels[:30], 3, 50, 1e-4, True, max_pixels)
+
+    everything, same = fit(None), fit(total)
+    assert torch.equal(everything[2].weight, same[2].weight)
+    sub, sub_again = fit(total // 8), fit(total // 8)
+    assert torch.equal(sub[2].weight, sub_again[2].weight)  # fixed pixels, deterministic
+    assert not torch.allclose(sub[2].weight, everything[2].weight)  # fewer pixels, own fit
+    pred = predict_linear_seg(feats[30:], *sub, (16, 16))
+    conf = confusion_matrix(pred, labels[30:], 3)
+    assert float(conf.diag().sum() / conf.sum()) > 0.85
+
+
 def test_balanced_seg_probe_predicts_a_rare_class_that_plain_cross_entropy_drowns():
     """A rare class (5% of pixels) weakly marked in the features: the plain probe predicts
     background everywhere, the class-balanced probe (the default) finds the class."""
