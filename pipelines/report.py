@@ -183,11 +183,9 @@ def summarise_mask_quality(cells: list[dict], refs: list[dict]) -> dict:
     by_mask: dict[str, list[dict]] = defaultdict(list)
     for c in cells:
         by_mask[c["mask"]].append(c)
-    pre = [
-        make_row(m, f"global ({title(cs[0].get('method'))})" if m == GLOBAL else m, "pretrain",
-                 cs, keys + classes)  # fmt: skip
-        for m, cs in by_mask.items()
-    ]
+    label = {m: f"global ({title(cs[0].get('method'))})" if m == GLOBAL else m
+             for m, cs in by_mask.items()}  # fmt: skip
+    pre = [make_row(m, label[m], "pretrain", cs, keys + classes) for m, cs in by_mask.items()]
     pre.sort(key=lambda r: (r["abo"] is not None, r["abo"] or 0.0, r["row"]))
     rows = {r["row"]: r for r in pre} | reference_rows(refs, keys + classes)
     pooled = {k: pooled_std([list(vals(r, k).values()) for r in pre]) for k in keys}
