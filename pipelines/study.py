@@ -29,6 +29,7 @@ from pathlib import Path
 
 import yaml
 
+from detlab.pipelines.study_views import axis_params
 from detlab.platform.compose import compose
 from detlab.platform.config import TrackingConfig
 from detlab.platform.tracking import RunLogger, create_run
@@ -181,9 +182,12 @@ def probe(backbone, cfg, overrides: list[str], evals: list[str], resolution: int
     return {"metrics": metrics, "params": settings, "chance": chance, "classes": classes}
 
 
-def log_probes(logger: RunLogger, probed: dict, step: int, pictures: Path | None) -> None:
-    """The probes' metrics, settings and prediction pictures, into one MLflow run."""
-    logger.log_metrics(probed["metrics"], step=step)
+def log_probes(logger: RunLogger, probed: dict, pictures: Path | None) -> None:
+    """The probes' metrics, settings and prediction pictures, into one MLflow run. Metrics
+    at step 0: MLflow's chart view then draws each as bars, one per run (a metric logged at
+    a step >= 1 in any run gets a line chart over steps, where one value is a lone dot); the
+    checkpoint probed is the run's last (param train.steps)."""
+    logger.log_metrics(probed["metrics"], step=0)
     logger.log_params(probed["params"])
     for png in sorted(pictures.glob("*/*.png")) if pictures else []:
         logger.log_artifact(png, f"eval/{png.parent.name}")
@@ -236,7 +240,8 @@ def run_cell(
     logger = RunLogger(
         TrackingConfig(uri=tracking_uri, experiment=tracking.experiment, run_id=run_id)
     )
-    log_probes(logger, probed, cfg.train.steps, pictures)
+    log_probes(logger, probed, pictures)
+    logger.log_params(axis_params(mask, cfg.method.name, resolution, seed))
     logger.finish("FINISHED")
     quality_file = Path(params.get("quality_dir", "metrics/mask_quality")) / f"{mask}.json"
     quality = json.loads(quality_file.read_text()) if quality_file.exists() else {}

@@ -23,6 +23,7 @@ from detlab.pipelines.study import (
     probe_resolution,
     write_record,
 )
+from detlab.pipelines.study_views import axis_params
 from detlab.platform.compose import compose
 from detlab.platform.config import TrackingConfig
 from detlab.platform.tracking import RunLogger
@@ -97,9 +98,10 @@ def run_reference(
                 tags={"detlab.study": study, "detlab.role": "reference", "detlab.cell": name},
             )
         )
-        logger.log_params({"reference": kind, "seed": seed, "resolution": cfg.aug.resolution,
-                           "backbone": cfg.backbone.name, "steps": cfg.train.steps})  # fmt: skip
-        log_probes(logger, probed, 0, pictures)
+        logger.log_params(axis_params(kind, "-", cfg.aug.resolution, seed)
+                          | {"reference": kind, "backbone": cfg.backbone.name,
+                             "steps": cfg.train.steps})  # fmt: skip
+        log_probes(logger, probed, pictures)
         logger.finish("FINISHED")
         run_ids[study] = logger.run_id
     shutil.rmtree(pictures, ignore_errors=True)

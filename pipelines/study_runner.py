@@ -37,6 +37,7 @@ from detlab.pipelines.study import (
     study_cell_key,
 )
 from detlab.pipelines.study_reference import reference_key, reference_overrides, run_reference
+from detlab.pipelines.study_views import install_view
 from detlab.platform.cli import one_line
 from detlab.platform.config import TrackingConfig
 
@@ -264,6 +265,7 @@ def run_studies(
             client.update_run(parents[study], status="RUNNING")  # children coming
             experiment = client.get_run(parents[study]).info.experiment_id
             client.set_experiment_tag(experiment, "mlflow.note.content", description(st, study))
+            install_view(client, experiment)
     failures: list[str] = []
     t0 = time.time()
 

@@ -44,6 +44,9 @@ def test_a_cell_run_twice_gives_identical_metrics(tiny_shapes, tiny_params, tmp_
     assert "eval.seg.lr" not in logged  # the L-BFGS fit has none
     assert not any(k.startswith("eval.") and k.count(".") == 1 for k in logged)  # no defaults
     assert logged["monitor.knn_k"] == "20"
+    # probe metrics at step 0: MLflow's chart view draws them as bars, not lone dots
+    history = client.get_metric_history(run.info.run_id, "seg_miou_objects")
+    assert [m.step for m in history] == [0]
     pictures = [a.path for a in client.list_artifacts(run.info.run_id, "eval/seg")]
     assert pictures == ["eval/seg/seg_predictions.png"]
 

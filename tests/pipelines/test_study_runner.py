@@ -122,6 +122,24 @@ def test_failing_cells_do_not_stop_the_others_and_a_rerun_retries_only_them(
         "KILLED"
     )
 
+    # the saved MLflow view: its filter keeps each current cell and reference once, and every
+    # run it shows has the columns it names and the param it groups by
+    from detlab.pipelines.study_views import TAG_PREFIX, VIEW_ID
+
+    envelope = json.loads(client.get_experiment(exp).tags[TAG_PREFIX + VIEW_ID])
+    state = json.loads(envelope["state"])
+    shown = client.search_runs([exp], state["searchFilter"])
+    assert sorted(r.data.tags["detlab.cell"] for r in shown) == [
+        "grid-s0", "grid-s1", "gt-s0", "gt-s1", "random-s0"]  # fmt: skip
+    params = [c.split("`")[1] for c in state["selectedColumns"] if c.startswith("params.")]
+    (group,) = state["groupBy"]["groupByKeys"]
+    for run in shown:
+        assert {*params, group["groupByData"]} <= set(run.data.params), run.data.tags
+        assert "seg_miou_objects" in run.data.metrics
+    rows = {r.data.tags["detlab.cell"]: r.data.params["row"] for r in shown}
+    assert rows == {"grid-s0": "grid", "grid-s1": "grid", "gt-s0": "gt", "gt-s1": "gt",
+                    "random-s0": "random"}  # fmt: skip
+
 
 def test_misconfigured_cells_are_refused_before_any_compute(study_params, tmp_path):
     study_params["studies"]["mask_quality"]["cells"]["gt"] = ["train.steps=-1"]
