@@ -255,7 +255,7 @@ def run_studies(
     check_cells(params, todo)
     print(f"studies: {len(todo)} of {len(cells)} cells to run ({len(kept)} up to date), "
           f"{jobs} at a time", file=out, flush=True)  # fmt: skip
-    parents = {}
+    parents, links = {}, {}
     if todo:  # the parent runs exist before workers look them up (no race to create them)
         from mlflow.tracking import MlflowClient
 
@@ -265,7 +265,7 @@ def run_studies(
             client.update_run(parents[study], status="RUNNING")  # children coming
             experiment = client.get_run(parents[study]).info.experiment_id
             client.set_experiment_tag(experiment, "mlflow.note.content", description(st, study))
-            install_view(client, experiment)
+            links[study] = install_view(client, experiment)
     failures: list[str] = []
     t0 = time.time()
 
@@ -304,6 +304,9 @@ def run_studies(
                     except Exception as e:  # noqa: BLE001
                         done(finished, cell, error=e)
     end_parents(uri, parents, failures)
+    for study, link in links.items():
+        print(f"MLflow, study {study}: `mlflow ui --backend-store-uri {uri}`, then "
+              f"http://127.0.0.1:5000/{link}", file=out, flush=True)  # fmt: skip
     if failures:
         raise StudyFailure(
             f"{len(failures)} of {len(todo)} study cells failed (finished ones are kept; "

@@ -26,12 +26,9 @@ CURRENT = (
 )
 AXES = ("row", "method", "resolution", "seed")  # short params every cell and reference logs
 HEADLINE = ("seg_miou_objects", "seg_iou_background", "linear_top1")
-COLUMNS = (
-    *(f"params.`{p}`" for p in AXES),
-    "metrics.`mask_abo`",
-    *(f"metrics.`{m}`" for m in HEADLINE),
-    "metrics.`knn_top1`",
-    "metrics.`rep_std`",
+COLUMNS = (  # the UI orders metric columns alphabetically, then the params
+    *(f"metrics.`{m}`" for m in ("mask_abo", *HEADLINE)),
+    *(f"params.`{p}`" for p in ("row", "resolution", "seed")),
 )
 CHARTS = (*HEADLINE, "knn_top1", "mask_abo")
 
