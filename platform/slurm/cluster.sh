@@ -35,6 +35,8 @@ NODES=(node1 node2)
 export SLURM_CONF="$DIR/etc/slurm.conf"
 MUNGE_SOCKET="$DIR/munge/munge.socket"
 MYCNF="$DIR/etc/my.cnf"
+HOSTS=${DETLAB_HOSTS_FILE:-/etc/hosts}  # another file only in tests
+HOSTS_MARK="# detlab local slurm"
 
 log() { echo "[cluster.sh] $*" >&2; }
 die() { echo "[cluster.sh] error: $*" >&2; exit 1; }
@@ -147,12 +149,12 @@ stop_daemon() {
 ensure_hosts() {
   local n missing=()
   for n in "${NODES[@]}"; do
-    grep -Eq "^[[:space:]]*127\.0\.0\.1([[:space:]].*)?[[:space:]]$n([[:space:]]|$)" /etc/hosts ||
+    grep -Eq "^[[:space:]]*127\.0\.0\.1([[:space:]].*)?[[:space:]]$n([[:space:]]|$)" "$HOSTS" ||
       missing+=("$n")
   done
   if [ ${#missing[@]} -gt 0 ]; then
-    log "adding '127.0.0.1 ${missing[*]}' to /etc/hosts (torch.distributed resolves node names)"
-    echo "127.0.0.1 ${missing[*]}  # detlab local slurm" >>/etc/hosts
+    log "adding '127.0.0.1 ${missing[*]}' to $HOSTS (torch.distributed resolves node names)"
+    echo "127.0.0.1 ${missing[*]}  $HOSTS_MARK" >>"$HOSTS"
   fi
   for n in "${NODES[@]}"; do getent hosts "$n" >/dev/null || die "$n does not resolve"; done
 }
@@ -300,6 +302,16 @@ cmd_start() {
   echo "export SLURM_CONF=$SLURM_CONF"
 }
 
+# The lines ensure_hosts added, removed by rewriting the file in place (a container's
+# /etc/hosts is often a bind mount: no temporary file renamed over it).
+remove_hosts() {
+  local kept
+  grep -q "$HOSTS_MARK\$" "$HOSTS" 2>/dev/null || return 0
+  log "removing the '$HOSTS_MARK' line from $HOSTS"
+  kept=$(grep -v "$HOSTS_MARK\$" "$HOSTS" || true)
+  printf '%s\n' "$kept" >"$HOSTS"
+}
+
 stop_slurm_daemons() {
   local n
   for n in "${NODES[@]}"; do stop_daemon "slurmd-$n"; done
@@ -322,6 +334,7 @@ cmd_stop() {
   stop_slurm_daemons
   stop_daemon mariadbd
   stop_daemon munged
+  remove_hosts
   log "stopped (state kept in $DIR; remove it for a fresh cluster)"
 }
 
