@@ -198,6 +198,7 @@ def build_pretrain_dataset(
     compute when the dataset, the mask store or their pairing is wrong.
     """
     from detlab.pipelines.datasets import open_dataset
+    from detlab.pipelines.datasets.checks import verify_decodes
 
     if input_kind not in INPUT_KINDS:
         raise PretrainDataError(f"input_kind={input_kind!r} is not one of {INPUT_KINDS}")
@@ -206,6 +207,7 @@ def build_pretrain_dataset(
     )
     if len(images) == 0:
         raise PretrainDataError(f"data.root={data.root} ({data.train_split}) has no images")
+    verify_decodes(images)  # a truncated image fails here, not at step N of the run
     kind = masks.kind
     if input_kind == "boxes":
         if kind != "boxes" or masks.path is None:

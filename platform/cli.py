@@ -75,7 +75,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"detlab {args.command}: error: {one_line(exc)} (--verbose for the traceback)",
               file=sys.stderr)  # fmt: skip
-        return 1
+        return 2 if is_input_error(exc) else 1
+
+
+def is_input_error(exc: BaseException) -> bool:
+    """Bad input (a missing or corrupt file, a mask/dataset mismatch, an impossible request):
+    detlab's own ValueErrors, all raised before compute. Exit code 2, like a config error."""
+    return isinstance(exc, ValueError) and type(exc).__module__.startswith("detlab.")
 
 
 def run_command(args: argparse.Namespace, cfg, sub: str | None, overrides: list[str]) -> int:

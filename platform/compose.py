@@ -88,6 +88,7 @@ RANGES = (
     ("aug.resolution", 8, True),
     ("eval.epochs", 1, True),
     ("eval.batch_size", 1, True),
+    ("eval.max_pixels", 1, True),
 )
 
 

@@ -57,6 +57,10 @@ def open_splits(protocol: str, data, max_images: int | None):
                 f"eval={protocol} needs {WHAT[need]}, but {images.root} ({images.format}, "
                 f"split {images.split}) has none"
             )
+    from detlab.pipelines.datasets.checks import verify_decodes
+
+    for images in splits:  # a corrupt image is named before any feature is computed
+        verify_decodes(images)
     return splits
 
 

@@ -102,3 +102,39 @@ def build_records(
         problems.extend(found)
     raise_problems(source, problems)
     return [r for r, _ in results]
+
+
+def verified_marker(images) -> Path:
+    """Where the verdict "every image of this split decodes" is kept: under
+    ``$DETLAB_CACHE_DIR`` (default ``~/.cache/detlab``), named by the split's fingerprint
+    (which covers every image's path and byte size: a truncated or replaced file changes it)
+    and the number of images checked."""
+    import hashlib
+    import os
+
+    base = Path(os.environ.get("DETLAB_CACHE_DIR") or Path.home() / ".cache" / "detlab")
+    key = hashlib.sha256(f"{images.fingerprint}\0{len(images)}".encode()).hexdigest()[:32]
+    return base / "decoded" / key
+
+
+def verify_decodes(images, progress: bool = True) -> None:
+    """Decode every image of ``images`` (an ImageDataset) once, before any compute: a corrupt
+    or truncated file raises one DatasetError naming it (header-only checks pass a truncated
+    PNG, which then fails mid-training). The verdict is cached (``verified_marker``), so
+    later runs on the same files pay nothing."""
+    marker = verified_marker(images)
+    if marker.exists():
+        return
+    paths = [r.path for r in images.records]
+    bar = dict(total=len(paths), desc=f"decoding {images.split} once", unit="img",
+               disable=not progress or len(paths) < PROGRESS_FROM)  # fmt: skip
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        found = list(tqdm(pool.map(lambda p: _header(p, True)[1], paths, chunksize=64), **bar))
+    bad = [f"{p}: {problem}" for p, problem in zip(paths, found, strict=True) if problem]
+    if bad:
+        more = f" (and {len(bad) - 1} more: {', '.join(b.split(':')[0] for b in bad[1:4])}" + (
+            ", ...)" if len(bad) > 4 else ")"
+        )
+        raise DatasetError(f"{bad[0]}{more if len(bad) > 1 else ''}; fix or remove it")
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(f"{images.root} {images.split}: {len(paths)} images decode\n")
