@@ -300,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     params = yaml.safe_load(Path(args.params).read_text())
     if args.study == "run":
         from detlab.pipelines.study_runner import StudyFailure, run_studies
+        from detlab.platform.lifecycle import end_with_dvc
+
+        end_with_dvc("studies")  # `kill -9 dvc repro` ends this stage (and so its workers)
 
         try:
             run_studies(params, Path(args.metrics), Path(args.outputs), args.jobs)

@@ -40,6 +40,7 @@ from detlab.pipelines.study_reference import reference_key, reference_overrides,
 from detlab.pipelines.study_views import install_view
 from detlab.platform.cli import one_line
 from detlab.platform.config import TrackingConfig
+from detlab.platform.lifecycle import exit_with_parent
 
 REFERENCES_DIR = "references"
 DESCRIPTIONS = {  # each study experiment's description in the MLflow UI
@@ -288,7 +289,8 @@ def run_studies(
                 done(i, cell, error=e)
     else:
         ctx = multiprocessing.get_context("spawn")  # no forked torch / MLflow state
-        with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=ctx) as pool:
+        with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=ctx,
+                                 initializer=exit_with_parent) as pool:  # fmt: skip
             running: dict[Future, Cell] = {
                 pool.submit(run_one, params, c, metrics_root, outputs_root, keys[c]): c
                 for c in todo

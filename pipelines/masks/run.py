@@ -29,6 +29,9 @@ _STATE: dict = {}
 
 def _init(method: str, params: dict, root: str, split: str, fmt: str) -> None:
     from detlab.pipelines.datasets import open_dataset
+    from detlab.platform.lifecycle import exit_with_parent
+
+    exit_with_parent(what="masks worker")  # no orphans after `kill -9` of the stage
 
     _STATE.update(method=method, params=params,
                   dataset=open_dataset(root, split, format=fmt, validate=False))  # fmt: skip
@@ -133,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
         section = yaml.safe_load(Path(a.params_file).read_text()).get("masks", {})
         params = dict((section.get("methods") or {}).get(a.method) or {})
     params.update(parse_params(a.param))
+    from detlab.platform.lifecycle import end_with_dvc
+
+    end_with_dvc(f"masks {a.method}")  # `kill -9 dvc repro` ends this stage (and its workers)
     try:
         out = generate(a.method, a.data, a.out, a.split, a.workers, params, a.shard_size,
                        format=a.format)  # fmt: skip

@@ -1,0 +1,62 @@
+"""exit_with_parent: a stage process ends when whoever started it is SIGKILLed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+CHILD = (
+    "from detlab.platform.lifecycle import exit_with_parent; exit_with_parent(0.2); "
+    "import time; time.sleep(60)"
+)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie (not yet reaped by init) has ended
+        return f.read().split(") ")[-1][0] != "Z"
+
+
+def test_a_process_exits_soon_after_its_parent_is_killed(tmp_path):
+    pidfile = tmp_path / "child.pid"
+    # the parent (as dvc would be) starts the watching child, then waits on it
+    parent = subprocess.Popen(
+        ["bash", "-c", f'{sys.executable} -c "{CHILD}" & echo $! > {pidfile}; wait']
+    )
+    for _ in range(100):
+        if pidfile.exists() and pidfile.read_text().strip():
+            break
+        time.sleep(0.05)
+    child = int(pidfile.read_text())
+    time.sleep(1.0)  # the child's watcher is running
+    assert alive(child)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    for _ in range(50):
+        if not alive(child):
+            break
+        time.sleep(0.1)
+    assert not alive(child), "the child outlived its killed parent by 5 s"
+
+
+def test_a_stage_watches_its_parent_only_under_dvc(monkeypatch):
+    import threading
+
+    from detlab.platform.lifecycle import end_with_dvc
+
+    def watchers() -> int:
+        return sum(t.name == "exit-with-parent" for t in threading.enumerate())
+
+    before = watchers()
+    monkeypatch.delenv("DVC_STAGE", raising=False)
+    end_with_dvc("by hand")  # e.g. under nohup: outlives its shell
+    assert watchers() == before
+    monkeypatch.setenv("DVC_STAGE", "studies")
+    end_with_dvc("under dvc")
+    assert watchers() == before + 1
