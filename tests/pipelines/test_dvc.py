@@ -5,10 +5,12 @@ report; a second repro is a no-op; changing one cell's params retrains only that
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import statistics
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -26,7 +28,8 @@ def repro(cwd: Path) -> tuple[set[str], str]:
     return set(re.findall(r"Running stage '([^']+)'", out.stdout)), out.stdout
 
 
-def test_dvc_repro_end_to_end(tmp_path, tiny_params):
+def scratch_repo(tmp_path: Path, tiny_params) -> tuple[Path, dict]:
+    """A DVC project laid out like the repository, with the tiny params (returned)."""
     work = tmp_path / "repo"
     work.mkdir()
     for name in COPY:
@@ -39,6 +42,11 @@ def test_dvc_repro_end_to_end(tmp_path, tiny_params):
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=work, check=True)
     subprocess.run(["dvc", "config", "core.analytics", "false"], cwd=work, check=True)
+    return work, params
+
+
+def test_dvc_repro_end_to_end(tmp_path, tiny_params):
+    work, params = scratch_repo(tmp_path, tiny_params)
 
     ran, _ = repro(work)
     assert {"prepare", "masks@fh", "mask_quality@gt", "studies", "report"} <= ran
@@ -112,3 +120,56 @@ def test_dvc_repro_end_to_end(tmp_path, tiny_params):
     after = keys()
     changed = {k for k in before if before[k] != after[k]}
     assert changed == {"mask_quality/gt-s0", "mask_quality/gt-s1"}  # only gt retrained
+
+
+def processes_in(folder: Path) -> dict[int, str]:
+    """pid -> command line of the live processes whose working directory is ``folder``."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if os.readlink(proc / "cwd") != str(folder):
+                continue
+            if (proc / "stat").read_text().rsplit(") ", 1)[1][0] == "Z":
+                continue  # ended, not yet reaped
+            found[int(proc.name)] = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+    return found
+
+
+def test_kill_9_of_dvc_repro_leaves_no_orphans_and_a_rerun_completes(tmp_path, tiny_params):
+    """SIGKILL of dvc while the studies stage runs its two worker processes: the stage and
+    its workers end within seconds (nothing keeps writing unobserved), and the next `dvc
+    repro` finishes the study, ending the killed cells' MLflow runs."""
+    work, params = scratch_repo(tmp_path, tiny_params)
+    dvc = subprocess.Popen(["dvc", "repro"], cwd=work, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 900
+    while time.time() < deadline:  # the stage and both of its pool workers are up
+        running = processes_in(work).values()
+        if sum("multiprocessing" in c for c in running) >= 2 and any(
+            "detlab.pipelines.study run" in c for c in running
+        ):
+            break
+        assert dvc.poll() is None, "dvc repro ended before the studies stage started"
+        time.sleep(0.5)
+    else:
+        pytest.fail("the studies stage did not start its workers within 15 min")
+    time.sleep(3)  # the workers are training
+    dvc.kill()
+    dvc.wait()
+    for _ in range(40):
+        if not processes_in(work):
+            break
+        time.sleep(0.5)
+    assert not processes_in(work), processes_in(work)
+
+    ran, _ = repro(work)
+    assert "studies" in ran
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(params["studies"]["tracking_uri"])
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    assert not client.search_runs(experiments, "attributes.status = 'RUNNING'")
