@@ -93,6 +93,11 @@ def probe_resolution(params: dict) -> int:
     return int(st.get("probe_resolution") or st["mask_quality"]["resolution"])
 
 
+def study_method(st: dict) -> str:
+    """The object-level method a study trains (``studies.method``)."""
+    return st.get("method", "detcon_b")
+
+
 def cell_method(method: str, mask: str) -> str:
     """The method a cell trains: the study's, or for the global-mask cell (the image-level
     baseline) the method's image-level counterpart (DetCon-B: BYOL; DetCon-S: SimCLR)."""
@@ -115,7 +120,7 @@ def cell_overrides(params: dict, study: str, mask: str, seed: int, resolution: i
     return [
         *st["common"],
         *spec.get("overrides", []),
-        f"method={cell_method(st.get('method', 'detcon_b'), mask)}",
+        f"method={cell_method(study_method(st), mask)}",
         f"masks={mask}",
         *mask_path,
         f"data.root={params['prepare']['out']}",
@@ -284,13 +289,15 @@ def write_record(record: dict, out: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from detlab.pipelines.study_reference import REFERENCES
+
     p = argparse.ArgumentParser(
         description="Run every study cell (`run`, the DVC stage) or one cell or reference."
     )
     p.add_argument("study", choices=["run", *STUDIES, "reference"])
     p.add_argument("--jobs", type=int, default=None, help="run: cells at a time (studies.jobs)")
     p.add_argument("--mask", help="mask source (studies)")
-    p.add_argument("--kind", choices=("random", "supervised"), help="reference kind (reference)")
+    p.add_argument("--kind", choices=REFERENCES, help="reference kind (reference)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resolution", type=int, default=None)
     p.add_argument("--params", default="params.yaml")

@@ -35,6 +35,7 @@ from detlab.pipelines.study import (
     parent_run,
     run_cell,
     study_cell_key,
+    study_method,
 )
 from detlab.pipelines.study_reference import reference_key, reference_overrides, run_reference
 from detlab.pipelines.study_views import install_view
@@ -80,9 +81,10 @@ class Cell:
 
 
 def description(st: dict, study: str) -> str:
+    """The study experiment's description, naming the methods its cells train."""
     from detlab.methods.registry import IMAGE_BASELINE, title
 
-    method = st.get("method", "detcon_b")
+    method = study_method(st)  # a study without a global cell may have no baseline: "?"
     baseline = title(IMAGE_BASELINE.get(method))
     return DESCRIPTIONS[study].format(method=title(method), baseline=baseline)
 

@@ -24,7 +24,6 @@ CURRENT = (
     "tags.`detlab.role` != 'parent' and tags.`detlab.role` != 'superseded' "
     "and tags.`detlab.role` != 'removed'"
 )
-AXES = ("row", "method", "resolution", "seed")  # short params every cell and reference logs
 HEADLINE = ("seg_miou_objects", "seg_iou_background", "linear_top1")
 COLUMNS = (  # the UI orders metric columns alphabetically, then the params
     *(f"metrics.`{m}`" for m in ("mask_abo", *HEADLINE)),

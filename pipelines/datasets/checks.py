@@ -79,24 +79,24 @@ def raise_problems(source: Source, problems: list[str]) -> None:
     )
 
 
+def file_map(fn, items: list, desc: str, parallel: bool = True) -> list:
+    """``[fn(item) for item in items]``, in threads when there are many (file reads and image
+    decoding are I/O bound or release the GIL), with a progress bar on long lists."""
+    bar = dict(total=len(items), desc=desc, unit="img", disable=len(items) < PROGRESS_FROM)
+    if parallel and len(items) >= PARALLEL_FROM:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            return list(tqdm(pool.map(fn, items, chunksize=64), **bar))
+    return [fn(item) for item in tqdm(items, **bar)]
+
+
 def build_records(
     source: Source, entries: list[Entry], check: bool, full_decode: bool
 ) -> list[ImageRecord]:
     """Records for ``entries``; file checks when ``check`` (headers are always read where the
     annotations give no size). Raises one DatasetError listing every problem found."""
-    work = [(e, check, full_decode) for e in entries]
-    bar = dict(
-        total=len(work),
-        desc=f"checking {source.split}",
-        unit="img",
-        disable=len(work) < PROGRESS_FROM,
-    )
     needs_io = check or any(e.size is None for e in entries)
-    if needs_io and len(work) >= PARALLEL_FROM:
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            results = list(tqdm(pool.map(lambda a: _inspect(*a), work, chunksize=64), **bar))
-    else:
-        results = [_inspect(*a) for a in tqdm(work, **bar)]
+    results = file_map(lambda e: _inspect(e, check, full_decode), entries,
+                       f"checking {source.split}", parallel=needs_io)  # fmt: skip
     problems = list(source.problems)
     for _, found in results:
         problems.extend(found)
@@ -117,7 +117,7 @@ def verified_marker(images) -> Path:
     return base / "decoded" / key
 
 
-def verify_decodes(images, progress: bool = True) -> None:
+def verify_decodes(images) -> None:
     """Decode every image of ``images`` (an ImageDataset) once, before any compute: a corrupt
     or truncated file raises one DatasetError naming it (header-only checks pass a truncated
     PNG, which then fails mid-training). The verdict is cached (``verified_marker``), so
@@ -126,15 +126,11 @@ def verify_decodes(images, progress: bool = True) -> None:
     if marker.exists():
         return
     paths = [r.path for r in images.records]
-    bar = dict(total=len(paths), desc=f"decoding {images.split} once", unit="img",
-               disable=not progress or len(paths) < PROGRESS_FROM)  # fmt: skip
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        found = list(tqdm(pool.map(lambda p: _header(p, True)[1], paths, chunksize=64), **bar))
-    bad = [f"{p}: {problem}" for p, problem in zip(paths, found, strict=True) if problem]
+    found = file_map(lambda p: _header(p, True)[1], paths, f"decoding {images.split} once")
+    bad = [(p, problem) for p, problem in zip(paths, found, strict=True) if problem]
     if bad:
-        more = f" (and {len(bad) - 1} more: {', '.join(b.split(':')[0] for b in bad[1:4])}" + (
-            ", ...)" if len(bad) > 4 else ")"
-        )
-        raise DatasetError(f"{bad[0]}{more if len(bad) > 1 else ''}; fix or remove it")
+        (first, problem), rest = bad[0], [str(p) for p, _ in bad[1:]]
+        more = f" (and {len(rest)} more: {', '.join(rest[:3])}{', ...' * (len(rest) > 3)})"
+        raise DatasetError(f"{first}: {problem}{more if rest else ''}; fix or remove it")
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(f"{images.root} {images.split}: {len(paths)} images decode\n")
