@@ -144,7 +144,9 @@ def test_kill_9_of_dvc_repro_leaves_no_orphans_and_a_rerun_completes(tmp_path, t
     its workers end within seconds (nothing keeps writing unobserved), and the next `dvc
     repro` finishes the study, ending the killed cells' MLflow runs."""
     work, params = scratch_repo(tmp_path, tiny_params)
-    dvc = subprocess.Popen(["dvc", "repro"], cwd=work, stdout=subprocess.DEVNULL,
+    env = {k: v for k, v in os.environ.items() if k != "SHELL"}  # as in CI: dvc runs the
+    # stage through `/bin/sh -c`, and dash (unlike bash) stays between dvc and the stage
+    dvc = subprocess.Popen(["dvc", "repro"], cwd=work, env=env, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.time() + 900
     while time.time() < deadline:  # the stage and both of its pool workers are up

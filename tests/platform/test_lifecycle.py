@@ -60,3 +60,45 @@ def test_a_stage_watches_its_parent_only_under_dvc(monkeypatch):
     monkeypatch.setenv("DVC_STAGE", "studies")
     end_with_dvc("under dvc")
     assert watchers() == before + 1
+
+
+STAGE = """
+import os, sys, time
+from detlab.platform.lifecycle import end_with_dvc
+open(sys.argv[1], "w").write(str(os.getpid()))
+end_with_dvc("stage", poll_s=0.2)
+time.sleep(60)
+"""
+
+
+def test_a_stage_under_dvc_ends_with_dvc_through_a_surviving_dash(tmp_path):
+    """dvc runs a stage's cmd with `/bin/sh -c` when SHELL is unset (as in CI): dash does not
+    exec the command and outlives dvc's SIGKILL, so the stage must watch past the shell."""
+    script, pidfile = tmp_path / "stage.py", tmp_path / "stage.pid"
+    script.write_text(STAGE)
+    dvc = subprocess.Popen(  # stands in for dvc: runs the cmd through dash, then waits
+        [sys.executable, "-c", "import subprocess, sys; subprocess.run(['dash', '-c', sys.argv[1]])",
+         f"{sys.executable} {script} {pidfile} "],
+        env={**os.environ, "DVC_STAGE": "studies"},
+    )  # fmt: skip
+    for _ in range(200):
+        if pidfile.exists() and pidfile.read_text().strip():
+            break
+        time.sleep(0.05)
+    stage = int(pidfile.read_text())
+    shell = int(open(f"/proc/{stage}/stat").read().rsplit(") ", 1)[1].split()[1])
+    assert open(f"/proc/{shell}/comm").read().strip() == "dash"  # dash stayed in between
+    time.sleep(1.0)
+    assert alive(stage)
+    dvc.send_signal(signal.SIGKILL)
+    dvc.wait()
+    for _ in range(50):
+        if not alive(stage):
+            break
+        time.sleep(0.1)
+    assert not alive(stage), "the stage outlived dvc by 5 s (watching the shell, not dvc?)"
+    for _ in range(50):  # and the shell, whose only child ended, ends too
+        if not alive(shell):
+            break
+        time.sleep(0.1)
+    assert not alive(shell)
