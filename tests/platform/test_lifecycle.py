@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 CHILD = (
     "from detlab.platform.lifecycle import exit_with_parent; exit_with_parent(0.2); "
@@ -86,8 +87,8 @@ def test_a_stage_under_dvc_ends_with_dvc_through_a_surviving_dash(tmp_path):
             break
         time.sleep(0.05)
     stage = int(pidfile.read_text())
-    shell = int(open(f"/proc/{stage}/stat").read().rsplit(") ", 1)[1].split()[1])
-    assert open(f"/proc/{shell}/comm").read().strip() == "dash"  # dash stayed in between
+    shell = int(Path(f"/proc/{stage}/stat").read_text().rsplit(") ", 1)[1].split()[1])
+    assert Path(f"/proc/{shell}/comm").read_text().strip() == "dash"  # dash stayed in between
     time.sleep(1.0)
     assert alive(stage)
     dvc.send_signal(signal.SIGKILL)
