@@ -149,6 +149,15 @@ def parent_run(tracking: TrackingConfig, study: str) -> str:
     return create_run(cfg, tags={"detlab.study": study, "detlab.role": "parent"})
 
 
+def end_stale_runs(tracking: TrackingConfig, st: dict) -> None:
+    """Runs of the study left RUNNING by a cell whose process or SLURM job died end
+    KILLED/FAILED with the reason (a rerun of that cell reopens its own run)."""
+    from detlab.platform.launch import reconcile
+
+    cluster = compose([f"cluster={st.get('cluster', 'local')}"]).cluster
+    reconcile(tracking.uri, cluster, [tracking.experiment])
+
+
 def pretrain(cfg, cluster: str):
     """Run the cell's pretraining where the params say; return the MLflow run id."""
     if cluster == "local":
@@ -225,6 +234,7 @@ def run_cell(
     tracking_uri = st.get("tracking_uri", "sqlite:///mlflow.db")
     tracking = TrackingConfig(uri=tracking_uri, experiment=f"study-{study}")
     parent = parent_run(tracking, study)
+    end_stale_runs(tracking, st)
     overrides += [
         f"train.out_dir={outputs_root}/{study}/{name}-{key[:8]}",
         f"tracking.uri={tracking_uri}",
@@ -243,7 +253,8 @@ def run_cell(
     probed = probe(backbone, cfg, overrides, st["evals"], probe_resolution(params), pictures)
     metrics = {**probed["metrics"], **health(tracking_uri, run_id)}
     logger = RunLogger(
-        TrackingConfig(uri=tracking_uri, experiment=tracking.experiment, run_id=run_id)
+        TrackingConfig(uri=tracking_uri, experiment=tracking.experiment, run_id=run_id),
+        owner=True,
     )
     log_probes(logger, probed, pictures)
     logger.log_params(axis_params(mask, cfg.method.name, resolution, seed))

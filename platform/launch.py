@@ -196,25 +196,42 @@ def register(entry: dict) -> None:
         f.write(json.dumps(entry) + "\n")
 
 
+def resumed_run_id(cfg: DictConfig) -> str | None:
+    """The MLflow run of the checkpoint this submission will resume (resubmitting a job
+    that was killed, OOM-killed or cancelled continues its run instead of opening a second
+    one); a checkpoint another run wrote is refused here, before anything is queued."""
+    from detlab.platform import checkpoint as ckpt
+
+    path = Path(cfg.train.out_dir) / "checkpoint.pt"
+    if not (cfg.train.resume and path.exists()):
+        return None
+    state = ckpt.load(path)
+    ckpt.check_resumable(state, cfg, path)
+    return state.get("run_id")
+
+
 def submit(cfg: DictConfig):
     """Validate, create the MLflow run, submit; returns (job, run_id)."""
+    from mlflow.tracking import MlflowClient
+
     from detlab.platform.tracking import create_run
-    from detlab.platform.train import resolve_run_name
+    from detlab.platform.train import resolve_out_dir, resolve_run_name
 
     partition = validate_slurm(cfg.cluster)
     cfg = OmegaConf.merge(cfg, {"cluster": {"partition": partition}})
-    cfg = resolve_run_name(cfg)
-    if not cfg.tracking.run_id:  # created here so a requeued job never makes a second one
-        run_id = create_run(cfg.tracking, {"launcher": "slurm", "method": cfg.method.name})
-        cfg = OmegaConf.merge(cfg, {"tracking": {"run_id": run_id}})
-    from detlab.platform.train import resolve_out_dir
-
-    out_dir = Path(resolve_out_dir(cfg).train.out_dir).resolve()
+    cfg = resolve_run_name(resolve_out_dir(cfg))
+    out_dir = Path(cfg.train.out_dir).resolve()
     cfg = OmegaConf.merge(cfg, {"train": {"out_dir": str(out_dir), "progress": False}})
+    if not cfg.tracking.run_id:  # created here so a requeued job never makes a second one
+        run_id = resumed_run_id(cfg) or create_run(
+            cfg.tracking, {"launcher": "slurm", "method": cfg.method.name}
+        )
+        cfg = OmegaConf.merge(cfg, {"tracking": {"run_id": run_id}})
     ex = build_executor(
         cfg.cluster, Path(cfg.cluster.log_dir).resolve(), f"detlab-{cfg.method.name}"
     )
     job = ex.submit(PretrainJob(), to_yaml(cfg))
+    MlflowClient(cfg.tracking.uri).set_tag(cfg.tracking.run_id, "detlab.slurm_job", job.job_id)
     register({"job_id": job.job_id, "run_id": cfg.tracking.run_id, "uri": cfg.tracking.uri,
               "log": str(job.paths.stdout).replace("%t", "0"), "out_dir": str(out_dir),
               "method": cfg.method.name, "submitted": time.time()})  # fmt: skip
@@ -302,17 +319,47 @@ def pretrain_command(cfg: DictConfig, wait: bool = False) -> int:
     return 0
 
 
+def reconcile(uri: str, cluster: DictConfig, experiments: list[str] | None = None) -> list:
+    """End the RUNNING MLflow runs whose SLURM job or local process is gone (FAILED or
+    KILLED, the reason as a tag; see ``tracking.stale_verdict``). Printed, and returned as
+    (run id, status, reason)."""
+    from detlab.platform.tracking import reconcile as end_stale
+
+    def job_state(job_id: str) -> str | None:
+        try:
+            return sacct_state(job_id, cluster)
+        except LaunchError:  # no SLURM here: leave the run alone
+            return None
+
+    ended = end_stale(uri, job_state, experiments)
+    for run_id, status, reason in ended:
+        print(f"MLflow run {run_id} was left RUNNING: marked {status} ({reason})")
+    return ended
+
+
 def jobs_command(cfg: DictConfig) -> int:
-    """detlab's jobs with their SLURM state (sacct), MLflow run and log path."""
-    if not registry().exists():
+    """detlab's jobs with their SLURM state (sacct), MLflow run status and log path. Runs
+    left RUNNING by a job or process that is gone are marked FAILED/KILLED first."""
+    from mlflow.tracking import MlflowClient
+
+    entries = []
+    if registry().exists():
+        entries = [json.loads(x) for x in registry().read_text().splitlines() if x.strip()]
+    for uri in dict.fromkeys([cfg.tracking.uri, *(e["uri"] for e in entries)]):
+        reconcile(uri, cfg.cluster)
+    if not entries:
         print("no detlab jobs submitted yet")
         return 0
-    entries = [json.loads(line) for line in registry().read_text().splitlines() if line.strip()]
-    print(f"{'job':>8}  {'state':<12} {'method':<10} {'MLflow run':<34} log")
+    print(f"{'job':>8}  {'state':<12} {'method':<10} {'MLflow run':<34} {'run status':<10} log")
     for e in entries[-50:]:
         try:
             state = sacct_state(e["job_id"], cfg.cluster)
         except LaunchError:
             state = "UNKNOWN"
-        print(f"{e['job_id']:>8}  {state:<12} {e['method']:<10} {e['run_id']:<34} {e['log']}")
+        try:
+            run_status = MlflowClient(e["uri"]).get_run(e["run_id"]).info.status
+        except Exception:  # store moved or deleted
+            run_status = "?"
+        print(f"{e['job_id']:>8}  {state:<12} {e['method']:<10} {e['run_id']:<34} "
+              f"{run_status:<10} {e['log']}")  # fmt: skip
     return 0

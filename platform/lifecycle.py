@@ -16,6 +16,7 @@ dvc's death, so a stage watches its first ancestor that is not a shell: dvc itse
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import threading
 import time
@@ -83,3 +84,24 @@ def end_with_dvc(what: str, poll_s: float = 2.0) -> None:
     stage outlives its shell as usual."""
     if os.environ.get("DVC_STAGE"):
         exit_with_parent(poll_s, what=what, through_shells=True)
+
+
+def identity(pid: int | None = None) -> dict[str, str]:
+    """Who runs a run: host, pid and the pid's start time (so a reused pid is not mistaken
+    for the process that opened the run)."""
+    pid = os.getpid() if pid is None else pid
+    stat = _stat(pid)
+    return {
+        "host": socket.gethostname(),
+        "pid": str(pid),
+        "pid_start": str(stat[3] if stat else ""),
+    }
+
+
+def alive(host: str, pid: int, start: str = "") -> bool | None:
+    """Whether the process ``identity()`` described still runs; None when it ran on another
+    host (this one cannot tell)."""
+    if host != socket.gethostname():
+        return None
+    stat = _stat(pid)
+    return stat is not None and stat[1] not in "ZX" and (not start or str(stat[3]) == start)

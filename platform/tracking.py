@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 
+from detlab.platform import lifecycle
 from detlab.platform.config import TrackingConfig
 
 MAX_PARAM_LEN = 500
+STALE_REASON = "failure_reason"  # why a run ended FAILED or KILLED
 
 
 # What decides a run's results: the code, its configs and the pinned environment. Files that
@@ -87,15 +90,29 @@ def log_new_params(client: MlflowClient, run_id: str, params: dict[str, object])
 class RunLogger:
     """Logs to one MLflow run; a no-op when ``active`` is False (non-zero ranks)."""
 
-    def __init__(self, cfg: TrackingConfig, active: bool = True):
+    def __init__(self, cfg: TrackingConfig, active: bool = True, owner: bool = False):
+        """``owner``: this process computes the run (training, probing): its host and pid
+        are tagged so that ``reconcile`` can tell when it died without closing the run. A
+        run reopened after an interruption loses its stale state tags and keeps the reason
+        as ``detlab.interrupted``."""
         self.active = active
         self.run_id: str | None = None
         if not active:
             return
         self.client = MlflowClient(cfg.uri)
         self.run_id = cfg.run_id or create_run(cfg)
-        self.client.update_run(self.run_id, status="RUNNING")
         self.uri = cfg.uri
+        if owner:  # tags first: a reconciler never sees RUNNING beside a dead owner's pid
+            for k, v in lifecycle.identity().items():
+                self.client.set_tag(self.run_id, f"detlab.{k}", v)
+        if cfg.run_id:
+            tags = self.client.get_run(self.run_id).data.tags
+            if STALE_REASON in tags:
+                self.client.set_tag(self.run_id, "detlab.interrupted", tags[STALE_REASON])
+            for key in (STALE_REASON, "detlab.state"):
+                if key in tags:
+                    self.client.delete_tag(self.run_id, key)
+        self.client.update_run(self.run_id, status="RUNNING")
 
     def log_params(self, params: dict[str, object]) -> None:
         if self.active:
@@ -125,7 +142,9 @@ class RunLogger:
         if not self.active:
             return
         if reason:
-            self.client.set_tag(self.run_id, "failure_reason", reason[:5000])
+            self.client.set_tag(self.run_id, STALE_REASON, reason[:5000])
+        if "detlab.state" in self.client.get_run(self.run_id).data.tags:  # paused, then resumed
+            self.client.delete_tag(self.run_id, "detlab.state")
         assert status in RunStatus.all_status() or status in ("FINISHED", "FAILED", "KILLED")
         self.client.set_terminated(self.run_id, status=status)
 
@@ -133,3 +152,77 @@ class RunLogger:
         """Leave the run RUNNING-but-detached for a requeued job to continue."""
         if self.active:
             self.client.set_tag(self.run_id, "detlab.state", "requeued")
+
+
+# ------------------------------------------------------------------ stale-run reconciliation
+
+
+# a job in one of these states will never close its run
+JOB_ENDED = {"FAILED": "FAILED", "CANCELLED": "KILLED", "OUT_OF_MEMORY": "FAILED",
+             "TIMEOUT": "FAILED", "NODE_FAIL": "FAILED", "BOOT_FAIL": "FAILED",
+             "DEADLINE": "FAILED"}  # fmt: skip
+
+
+def stale_verdict(
+    tags: dict[str, str], job_state: Callable[[str], str | None]
+) -> tuple[str, str] | None:
+    """(status, reason) for a RUNNING run whose computation is gone, else None.
+
+    A run submitted to SLURM (tag ``detlab.slurm_job``) is judged by its job's final state
+    (``job_state``: the launcher's sacct lookup; None when it cannot tell); while the job is
+    pending, running or requeued the run is left alone. Otherwise, and after a COMPLETED job,
+    by the owner process tagged when the run was opened (only on the host it ran on).
+    """
+    job = tags.get("detlab.slurm_job")
+    if job:
+        state = job_state(job)
+        if state in JOB_ENDED:
+            return JOB_ENDED[state], f"SLURM job {job} ended {state}"
+        if state != "COMPLETED":
+            return None
+    host, pid = tags.get("detlab.host"), tags.get("detlab.pid")
+    if (
+        not (host and pid)
+        or lifecycle.alive(host, int(pid), tags.get("detlab.pid_start", "")) is not False
+    ):
+        return None
+    return (
+        "KILLED",
+        f"process {pid} on {host} ended without closing the run (killed or out of memory)",
+    )
+
+
+def reconcile(
+    uri: str,
+    job_state: Callable[[str], str | None] = lambda job: None,
+    experiments: list[str] | None = None,
+) -> list[tuple[str, str, str]]:
+    """End the RUNNING runs (of the named experiments, default all) whose job or process is
+    gone (see ``stale_verdict``) with that status and the reason as the ``failure_reason``
+    tag; returns (run id, status, reason). A SQLite store that does not exist is left
+    uncreated."""
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return []
+    client = MlflowClient(uri)
+    if experiments is None:
+        ids = [e.experiment_id for e in client.search_experiments()]
+    else:
+        found = (client.get_experiment_by_name(name) for name in experiments)
+        ids = [e.experiment_id for e in found if e is not None]
+    if not ids:
+        return []
+    ended = []
+    for run in client.search_runs(ids, "attributes.status = 'RUNNING'", max_results=5000):
+        verdict = stale_verdict(run.data.tags, job_state)
+        if verdict is None:
+            continue
+        now = client.get_run(run.info.run_id)  # reopened meanwhile by a resumed run?
+        if now.info.status != "RUNNING" or now.data.tags.get("detlab.pid") != run.data.tags.get(
+            "detlab.pid"
+        ):
+            continue
+        status, reason = verdict
+        client.set_tag(run.info.run_id, STALE_REASON, reason)
+        client.set_terminated(run.info.run_id, status=status)
+        ended.append((run.info.run_id, status, reason))
+    return ended

@@ -199,7 +199,7 @@ def train(
             cfg = OmegaConf.merge(cfg, {"tracking": {"run_id": state["run_id"]}})
 
     # ---- tracking (rank 0 only) ------------------------------------------------------
-    logger = RunLogger(cfg.tracking, active=info.is_main)
+    logger = RunLogger(cfg.tracking, active=info.is_main, owner=True)
     # eval.* holds the probes' settings (logged by whoever runs a probe); pretraining reads
     # only the online kNN monitor's two
     params = {k: v for k, v in flatten(cfg).items() if not k.startswith("eval.")}

@@ -206,6 +206,15 @@ def end_parent(study: optuna.Study, info: dict) -> None:
     client.set_terminated(parent, status="FINISHED" if best else "FAILED")
 
 
+def end_stale_runs(study: optuna.Study, cluster: DictConfig) -> None:
+    """Trial runs left RUNNING by a worker that died (kill -9, OOM) and was not retried end
+    KILLED/FAILED with the reason; a retried trial reopens its run."""
+    from detlab.platform.launch import reconcile
+
+    if "tracking_uri" in study.user_attrs:
+        reconcile(study.user_attrs["tracking_uri"], cluster, [study.user_attrs["experiment"]])
+
+
 def log_study_plots(study: optuna.Study) -> list[str]:
     """Optimisation history and parameter importances as PNGs on the parent run."""
     import matplotlib
@@ -254,12 +263,14 @@ def sweep_command(cfg: DictConfig, sub: str = "run", wait: bool = False, overrid
         sweep, base, url = prepare(cfg, overrides)
         if sub == "status":
             study = optuna.load_study(study_name=sweep.name, storage=open_storage(url))
+            end_stale_runs(study, cfg.cluster)
             print_status(status(study))
             return 0
         warning = warn_if_unsafe_for_cluster(url, cfg.cluster.name)
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
         study = create_or_resume(sweep, base, url, overrides)
+        end_stale_runs(study, cfg.cluster)
     except SweepError as exc:
         print(f"detlab sweep: {exc}", file=sys.stderr)
         return 2
