@@ -17,7 +17,7 @@ COMMANDS = {
     "eval": "evaluate a checkpoint or MLflow run with eval=<knn|linear|seg|det>",
     "export": "write a torchvision-compatible backbone state_dict from checkpoint=<path>",
     "sweep": "create/resume an Optuna sweep (sweep=<name>); `sweep status` reports it",
-    "jobs": "list detlab's SLURM jobs with state, MLflow run and log path",
+    "jobs": "list detlab's SLURM jobs (state, MLflow run, log); end runs left RUNNING by dead jobs",
     "config": "print the composed config for the given overrides",
 }
 

@@ -245,7 +245,8 @@ def sacct_state(job_id: str, cluster: DictConfig) -> str:
 
 
 def follow(job, run_id: str, cfg: DictConfig) -> str:
-    """Wait for the job's final SLURM state (through requeues) with a progress bar."""
+    """Wait for the job's final SLURM state (through requeues) with a progress bar; a run
+    that its failed job left RUNNING is ended with the reason."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(cfg.tracking.uri)
@@ -258,6 +259,8 @@ def follow(job, run_id: str, cfg: DictConfig) -> str:
         bar.goto(max([m.step for m in hist], default=0))
         if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL"):
             bar.close()
+            if state != "COMPLETED":  # a job killed hard could not close its run
+                reconcile(cfg.tracking.uri, cfg.cluster, [cfg.tracking.experiment])
             return state
         time.sleep(2)
 

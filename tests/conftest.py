@@ -1,10 +1,15 @@
 """Shared fixtures: a tiny generated `shapes` dataset and mask sets made by the real
-mask generators (subfolders may override ``tiny_shapes`` with their own sizes)."""
+mask generators (subfolders may override ``tiny_shapes`` with their own sizes), the local
+SLURM cluster, a real `mlflow server`, and tiny pretraining and sweep settings."""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -94,3 +99,76 @@ def _slurm_env(request, monkeypatch):
     if request.node.get_closest_marker("slurm"):
         conf = request.getfixturevalue("slurm_conf")
         monkeypatch.setenv("SLURM_CONF", str(conf))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real tracking server (SQLite backend) on 127.0.0.1, one per test module."""
+    root = tmp_path_factory.mktemp("mlflow_server")
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+         f"sqlite:///{root}/mlflow.db", "--default-artifact-root", str(root / "artifacts"),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("mlflow server did not come up")
+    yield url
+    os.killpg(proc.pid, 15)
+    proc.wait(timeout=30)
+
+
+@pytest.fixture
+def slurm_cfg(tiny_overrides, tmp_path, mlflow_server, slurm_conf, monkeypatch):
+    """cfg(*extra, method=, steps=, nodes=) -> a tiny run's composed config for the local
+    cluster, logging to ``mlflow_server``; detlab's job registry kept in tmp_path."""
+    from detlab.platform.compose import compose
+
+    monkeypatch.setenv("DETLAB_HOME", str(tmp_path / "home"))
+
+    def make(*extra, method="byol", steps=6, nodes=1):
+        overrides = tiny_overrides(tmp_path, method=method, steps=steps)
+        overrides = [o for o in overrides if not o.startswith("tracking.uri")]
+        return compose([*overrides, "cluster=slurm", f"cluster.nodes={nodes}",
+                        "cluster.time_min=10", "cluster.cpus_per_task=1",
+                        f"cluster.slurm_conf={slurm_conf}", f"cluster.log_dir={tmp_path}/logs",
+                        f"tracking.uri={mlflow_server}", *extra])  # fmt: skip
+
+    return make
+
+
+@pytest.fixture
+def sweep_args(tiny_overrides, tmp_path):
+    """CLI args of a tiny sweep run in tmp_path (trial settings + sweep overrides)."""
+
+    def make(*extra: str, name="t", steps=4) -> list[str]:
+        trial = tiny_overrides(tmp_path, method="detcon_b", masks="grid", steps=steps)
+        trial = [o for o in trial if not o.startswith(("train.out_dir", "masks="))]
+        return [
+            *trial,
+            "masks=grid",
+            "masks.path=null",
+            "train.knn_max_images=24",
+            f"sweep.name={name}",
+            f"sweep.out_dir={tmp_path}/sweeps/{name}",
+            "sweep.heartbeat_s=2",
+            *extra,
+        ]
+
+    return make

@@ -139,6 +139,7 @@ def processes_in(folder: Path) -> dict[int, str]:
     return found
 
 
+@pytest.mark.faults
 def test_kill_9_of_dvc_repro_leaves_no_orphans_and_a_rerun_completes(tmp_path, tiny_params):
     """SIGKILL of dvc while the studies stage runs its two worker processes: the stage and
     its workers end within seconds (nothing keeps writing unobserved), and the next `dvc

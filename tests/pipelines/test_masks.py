@@ -75,6 +75,7 @@ def test_gt_masks_reproduce_the_instances(tiny_shapes, tmp_path):
         assert (ids[m] == k + 1).mean() > 0.5
 
 
+@pytest.mark.faults
 def test_killed_run_resumes_to_the_same_store(tiny_shapes, tmp_path):
     full = generate("fh", tiny_shapes, tmp_path / "full", shard_size=5, progress=False)
     part = generate("fh", tiny_shapes, tmp_path / "part", shard_size=5, progress=False,

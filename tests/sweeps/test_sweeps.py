@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import time
 from collections import Counter
@@ -15,27 +13,6 @@ from optuna.trial import TrialState
 
 from detlab.platform.cli import main as cli
 from detlab.sweeps.storage import open_storage
-
-
-@pytest.fixture
-def sweep_args(tiny_overrides, tmp_path):
-    """CLI args of a tiny sweep run in tmp_path (trial settings + sweep overrides)."""
-
-    def make(*extra: str, name="t", steps=4) -> list[str]:
-        trial = tiny_overrides(tmp_path, method="detcon_b", masks="grid", steps=steps)
-        trial = [o for o in trial if not o.startswith(("train.out_dir", "masks="))]
-        return [
-            *trial,
-            "masks=grid",
-            "masks.path=null",
-            "train.knn_max_images=24",
-            f"sweep.name={name}",
-            f"sweep.out_dir={tmp_path}/sweeps/{name}",
-            "sweep.heartbeat_s=2",
-            *extra,
-        ]
-
-    return make
 
 
 def load(tmp_path, name="t") -> optuna.Study:
@@ -157,46 +134,6 @@ def test_bad_trials_are_pruned(sweep_args, tmp_path):
     assert all(states[("val", s)] == TrialState.PRUNED for s in range(3)), states
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     assert all(max(t.intermediate_values) == 1 for t in pruned)  # stopped at the first report
-
-
-@pytest.mark.slow
-def test_killed_worker_trial_is_retried(sweep_args, tmp_path):
-    args = sweep_args(
-        "sweep.n_trials=2",
-        "sweep.n_workers=1",
-        "sweep.pruner=none",
-        "train.checkpoint_every=5",
-        steps=40,
-    )
-    assert cli(["sweep", "sweep=temperature", *args]) == 0  # returns at once
-    study = load(tmp_path)
-    deadline = time.time() + 120
-    while time.time() < deadline:  # wait for the first checkpoint of trial 0
-        if list((tmp_path / "sweeps/t/trials").glob("*/checkpoint.pt")):
-            break
-        time.sleep(0.5)
-    storage = f"{tmp_path}/sweeps/t/optuna.db"  # only this test's worker
-    ours = subprocess.run(["pgrep", "-f", storage], capture_output=True, text=True).stdout.split()
-    assert ours, "the worker should still be running"
-    for pid in ours:
-        os.kill(int(pid), signal.SIGKILL)
-    running = study.get_trials(states=(TrialState.RUNNING,))
-    assert len(running) == 1
-    # the same command again: a new worker fails the stale trial and retries it
-    assert cli(["sweep", "sweep=temperature", *args, "--wait"]) == 0
-    trials = load(tmp_path).get_trials()
-    states = Counter(t.state for t in trials)
-    assert states == {TrialState.COMPLETE: 2, TrialState.FAIL: 1}
-    retried = [t for t in trials if t.system_attrs.get("failed_trial") is not None]
-    assert [t.system_attrs["failed_trial"] for t in retried] == [running[0].number]
-    # the retry continued the killed trial's MLflow run from its checkpoint
-    runs = children(tmp_path, study)
-    assert len(runs) == 2
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    killed_run = running[0].user_attrs["mlflow_run_id"]
-    history = [m.step for m in client.get_metric_history(killed_run, "loss")]
-    assert max(history) == 40
-    assert len(history) <= 40 + 5  # steps redone: at most one checkpoint interval
 
 
 @pytest.mark.slurm
