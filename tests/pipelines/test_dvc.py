@@ -163,11 +163,14 @@ def test_kill_9_of_dvc_repro_leaves_no_orphans_and_a_rerun_completes(tmp_path, t
     time.sleep(3)  # the workers are training
     dvc.kill()
     dvc.wait()
+    killed = time.time()
     for _ in range(40):
         if not processes_in(work):
             break
         time.sleep(0.5)
     assert not processes_in(work), processes_in(work)
+    print(f"kill -9 of dvc repro: the stage and its workers ended {time.time() - killed:.1f} s "
+          "after dvc")  # fmt: skip
 
     ran, _ = repro(work)
     assert "studies" in ran
