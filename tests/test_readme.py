@@ -41,6 +41,7 @@ ELSEWHERE = {  # command -> where it runs
     "pip install -c requirements.lock -e '.[dev]' && dvc repro": ".ci/run installs; "
     "tests/pipelines/test_dvc.py runs `dvc repro` with tiny params",
     "python3 -m pytest": ".ci/run (this suite)",
+    "python3 -m pytest -m faults -s": "a part of `python3 -m pytest` (.ci/run)",
     "bash platform/slurm/cluster.sh install && bash platform/slurm/cluster.sh start": (
         "the slurm_conf fixture (tests/conftest.py)"
     ),
