@@ -16,6 +16,7 @@ COMMANDS = {
     "pretrain": "pretrain a registered method (local or SLURM, per cluster=...)",
     "eval": "evaluate a checkpoint or MLflow run with eval=<knn|linear|seg|det>",
     "export": "write a torchvision-compatible backbone state_dict from checkpoint=<path>",
+    "import-weights": "convert format=<detcon|soco|...> src=<file> to a torchvision out=<file.pt>",
     "sweep": "create/resume an Optuna sweep (sweep=<name>); `sweep status` reports it",
     "jobs": "list detlab's SLURM jobs (state, MLflow run, log); end runs left RUNNING by dead jobs",
     "config": "print the composed config for the given overrides",
@@ -26,7 +27,7 @@ GROUPS = ("method", "masks", "backbone", "optim", "eval", "data", "cluster", "sw
 
 
 def _epilog() -> str:
-    lines = ["commands:", *(f"  {k:<9} {v}" for k, v in COMMANDS.items()), "",
+    lines = ["commands:", *(f"  {k:<14} {v}" for k, v in COMMANDS.items()), "",
              "config groups (choose one with group=option; keys with key=value):"]  # fmt: skip
     lines += [f"  {g:<9} {', '.join(group_options(g))}" for g in GROUPS]
     lines += ["", "`detlab config <overrides>` prints every key with its value.",
@@ -57,6 +58,10 @@ def one_line(exc: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     args, extra = _parser().parse_known_args(argv)
     overrides = [*args.overrides, *extra]
+    if args.command == "import-weights":  # its own key=value arguments, no config
+        from detlab.methods.weights.convert import import_weights_command
+
+        return import_weights_command(overrides)
     sub = None
     if args.command in ("sweep",) and overrides and overrides[0] in ("status", "run", "worker"):
         sub, overrides = overrides[0], overrides[1:]

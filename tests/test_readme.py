@@ -42,6 +42,9 @@ ELSEWHERE = {  # command -> where it runs
     "tests/pipelines/test_dvc.py runs `dvc repro` with tiny params",
     "python3 -m pytest": ".ci/run (this suite)",
     "python3 -m pytest -m faults -s": "a part of `python3 -m pytest` (.ci/run)",
+    "detlab import-weights format=detcon src=resnet50_detcon_b_imagenet_1k.npy "
+    "out=detcon_r50.pt": "tests/methods/test_weights.py, on a file in the release's layout "
+    "(the release itself is a download)",
     "bash platform/slurm/cluster.sh install && bash platform/slurm/cluster.sh start": (
         "the slurm_conf fixture (tests/conftest.py)"
     ),
