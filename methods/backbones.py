@@ -24,6 +24,7 @@ ARCHS: dict[str, tuple[type[nn.Module], list[int]]] = {
     "resnet50": (tv.Bottleneck, [3, 4, 6, 3]),
     "resnet101": (tv.Bottleneck, [3, 4, 23, 3]),
     "resnet152": (tv.Bottleneck, [3, 8, 36, 3]),
+    "resnet200": (tv.Bottleneck, [3, 24, 36, 3]),  # not in torchvision; DetCon's largest
 }
 TORCHVISION_CLASSES = 1000  # torchvision's ResNet head; exported untrained (see below)
 

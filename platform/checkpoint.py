@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import random
@@ -92,10 +93,45 @@ def load(path: str | Path) -> dict[str, Any]:
         ) from None
     except Exception as exc:  # torch raises many types for a truncated/corrupt file
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    if isinstance(state, dict) and "conv1.weight" in state and "format" not in state:
+        return imported(state, path)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a detlab checkpoint (format {FORMAT})")
     state["path"] = str(path)
     return state
+
+
+def imported(weights: dict[str, Any], path: Path) -> dict[str, Any]:
+    """A torchvision-named ResNet state dict (``detlab import-weights``, or saved from
+    torchvision) as a checkpoint: its backbone config is read from the weights."""
+    from detlab.methods.weights import WeightsError, describe
+
+    try:
+        arch = describe(weights)
+    except WeightsError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    width = arch["stem_width"] / 64
+    if arch["arch"] == "custom" or [round(c * width) for c in (64, 128, 256, 512)] != [
+        w // (4 if arch["block"] == "bottleneck" else 1) for w in arch["widths"]
+    ]:
+        raise CheckpointError(f"{path}: a {arch['arch']} ResNet with widths {arch['widths']} "
+                              "has no detlab backbone config")  # fmt: skip
+    info = Path(f"{path}.json")
+    source = json.loads(info.read_text()).get("format", "?") if info.is_file() else "torchvision"
+    return {
+        "backbone": {k: v for k, v in weights.items() if not k.startswith("fc.")},
+        "backbone_cfg": {
+            "name": arch["arch"],
+            "width": width,
+            "small_stem": arch["stem"] == "cifar",
+            "stem_stride": 1,
+            "last_stride": 2,
+        },  # fmt: skip
+        "method_name": f"imported:{source}",
+        "step": 0,
+        "path": str(path),
+        "imported": True,
+    }
 
 
 def resolve(path_or_run_id: str, tracking_uri: str | None = None) -> dict[str, Any]:

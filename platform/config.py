@@ -34,7 +34,7 @@ class MasksConfig:
 
 @dataclass
 class BackboneConfig:
-    name: str = "resnet50"  # resnet18/34/50/101/152 (torchvision) or timm:<name>
+    name: str = "resnet50"  # resnet18/34/50/101/152 (torchvision), resnet200, or timm:<name>
     width: float = 1.0  # channel width multiplier; tiny CPU configs use 0.125-0.25
     small_stem: bool = False  # 3x3 stem without max-pool, for small images
     stem_stride: int = 1  # small stem only: 1 (C5 at H/8) or 2 (C5 at H/16)
@@ -148,7 +148,7 @@ class ClusterConfig:
 
 @dataclass
 class EvalConfig:
-    name: str = "knn"  # knn | linear | seg | det
+    name: str = "knn"  # knn | linear | finetune | seg | det
     batch_size: int = 64
     k: int = 20
     knn_temperature: float = 0.07

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import torch
 
-PROTOCOLS = ("knn", "linear", "seg", "det")
-NEEDS = {"knn": "has_labels", "linear": "has_labels", "seg": "has_semantic", "det": "has_instances"}
+PROTOCOLS = ("knn", "linear", "finetune", "seg", "det")
+NEEDS = {"knn": "has_labels", "linear": "has_labels", "finetune": "has_labels",
+         "seg": "has_semantic", "det": "has_instances"}  # fmt: skip
 WHAT = {"has_labels": "image-level labels", "has_semantic": "semantic masks",
         "has_instances": "instance annotations"}  # fmt: skip
 
@@ -21,6 +22,7 @@ WHAT = {"has_labels": "image-level labels", "has_semantic": "semantic masks",
 SETTINGS = {
     "knn": ("k", "knn_temperature"),
     "linear": ("epochs", "lr", "weight_decay"),
+    "finetune": ("epochs", "lr", "weight_decay"),
     "seg": ("head", "finetune", "balanced", "epochs", "weight_decay"),
     "det": ("steps", "lr"),
 }
@@ -99,6 +101,18 @@ def run_eval(eval_cfg, backbone, data_cfg, device, out_dir: Path | None = None,
 
             res = linear_probe(ftr, ltr, fva, lva, num_classes, eval_cfg.epochs, eval_cfg.lr,
                                eval_cfg.weight_decay)  # fmt: skip
+    elif protocol == "finetune":
+        from detlab.methods.data import EvalDataset
+        from detlab.methods.eval.finetune import finetune_classify
+
+        train_loader, val_loader = (
+            torch.utils.data.DataLoader(EvalDataset(images, eval_cfg.resolution),
+                                        batch_size=eval_cfg.batch_size, shuffle=shuffle,
+                                        generator=torch.Generator().manual_seed(0))
+            for images, shuffle in ((train_images, True), (val_images, False))
+        )  # fmt: skip
+        res = finetune_classify(backbone, train_loader, val_loader, len(train_images.classes),
+                                eval_cfg, device, progress)  # fmt: skip
     elif protocol == "seg":
         from detlab.methods.eval.seg import seg_probe
 

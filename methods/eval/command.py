@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 
 def pretraining_resolution(state: dict, default: int = 224) -> int:
@@ -52,6 +52,8 @@ def eval_command(cfg: DictConfig) -> int:
         return 2
     try:  # everything checked before any compute
         state = resolve(cfg.checkpoint, cfg.tracking.uri)
+        if state.get("imported"):  # imported weights say what backbone they are
+            cfg.backbone = OmegaConf.merge(cfg.backbone, state["backbone_cfg"])
         check_backbone(state, cfg.backbone)
         run_id = logged_run(state.get("run_id"), cfg.tracking.uri)
         from detlab.methods.eval import open_splits
