@@ -43,7 +43,7 @@ def probe(backbone, cfg, data: Path) -> dict[str, float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="data/fashion_mnist")
-    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--methods", nargs="+", default=["random", "simclr", "byol", "vicreg",
                                                     "detcon_s"])  # fmt: skip
     args = p.parse_args()
