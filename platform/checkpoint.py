@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import random
-import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -81,18 +79,10 @@ def load(path: str | Path) -> dict[str, Any]:
         path = path / "checkpoint.pt"
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    try:  # weights_only: a pickle that would build anything but tensors and plain types is refused
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"GLOBAL (\S+)", str(exc))
-        what = found.group(1) if found else "an object that is not a tensor or plain type"
-        raise CheckpointError(
-            f"refusing to load {path}: it needs {what}, and unpickling it could run code. "
-            "detlab's own checkpoints hold only tensors and plain types; if you trust the file's "
-            "source, re-save just its tensors and plain values (a state dict) and load that"
-        ) from None
-    except Exception as exc:  # torch raises many types for a truncated/corrupt file
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    from detlab.methods.weights.formats import torch_load_safe
+
+    # a pickle that would build anything but tensors and plain types is refused
+    state = torch_load_safe(path, CheckpointError)
     if isinstance(state, dict) and "conv1.weight" in state and "format" not in state:
         return imported(state, path)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
@@ -111,9 +101,9 @@ def imported(weights: dict[str, Any], path: Path) -> dict[str, Any]:
     except WeightsError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     width = arch["stem_width"] / 64
-    if arch["arch"] == "custom" or [round(c * width) for c in (64, 128, 256, 512)] != [
-        w // (4 if arch["block"] == "bottleneck" else 1) for w in arch["widths"]
-    ]:
+    expansion = 4 if arch["block"] == "bottleneck" else 1
+    uniform = [round(c * width) * expansion for c in (64, 128, 256, 512)]  # as Backbone builds
+    if arch["arch"] == "custom" or arch["widths"] != uniform:
         raise CheckpointError(f"{path}: a {arch['arch']} ResNet with widths {arch['widths']} "
                               "has no detlab backbone config")  # fmt: skip
     info = Path(f"{path}.json")

@@ -86,10 +86,10 @@ def end_with_dvc(what: str, poll_s: float = 2.0) -> None:
         exit_with_parent(poll_s, what=what, through_shells=True)
 
 
-def identity(pid: int | None = None) -> dict[str, str]:
-    """Who runs a run: host, pid and the pid's start time (so a reused pid is not mistaken
-    for the process that opened the run)."""
-    pid = os.getpid() if pid is None else pid
+def identity() -> dict[str, str]:
+    """This process as the owner of a run: host, pid and the pid's start time (so a reused
+    pid is not mistaken for the process that opened the run)."""
+    pid = os.getpid()
     stat = _stat(pid)
     return {
         "host": socket.gethostname(),

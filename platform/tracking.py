@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
 from detlab.platform import lifecycle
@@ -103,8 +103,8 @@ class RunLogger:
         self.run_id = cfg.run_id or create_run(cfg)
         self.uri = cfg.uri
         if owner:  # tags first: a reconciler never sees RUNNING beside a dead owner's pid
-            for k, v in lifecycle.identity().items():
-                self.client.set_tag(self.run_id, f"detlab.{k}", v)
+            tags = [RunTag(f"detlab.{k}", v) for k, v in lifecycle.identity().items()]
+            self.client.log_batch(self.run_id, tags=tags)
         if cfg.run_id:
             tags = self.client.get_run(self.run_id).data.tags
             if STALE_REASON in tags:

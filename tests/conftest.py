@@ -172,3 +172,19 @@ def sweep_args(tiny_overrides, tmp_path):
         ]
 
     return make
+
+
+class _TouchesWhenUnpickled:
+    """Unpickling this calls pathlib.Path.touch: what a hostile checkpoint could do."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.target),))
+
+
+@pytest.fixture
+def hostile_payload():
+    """payload(target) -> an object whose unpickling creates the file ``target``."""
+    return _TouchesWhenUnpickled

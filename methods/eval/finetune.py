@@ -49,8 +49,8 @@ def finetune_classify(backbone: nn.Module, train_loader, val_loader, num_classes
             opt.step()
             sched.step()
             bar.update()
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"finetune: loss is {loss.item()} at lr {eval_cfg.lr}")
+        if not torch.isfinite(loss):  # once an epoch: a step never waits on the host
+            raise FloatingPointError(f"finetune: loss is {loss.item()} at lr {eval_cfg.lr}")
     bar.close()
     model.eval()
     hits1 = hits5 = n = 0

@@ -10,8 +10,13 @@ from pathlib import Path
 
 import torch
 
-from detlab.methods.weights.formats import FORMATS_TORCH, from_haiku, from_torch, read_npy_dict
-from detlab.methods.weights.formats import read_torch as _read_torch
+from detlab.methods.weights.formats import (
+    FORMATS_TORCH,
+    from_haiku,
+    from_torch,
+    read_npy_dict,
+    read_torch,
+)
 from detlab.methods.weights.resnet import WeightsError, build_resnet, describe
 
 FORMATS = ("detcon", *FORMATS_TORCH)
@@ -32,7 +37,7 @@ def convert(
     if fmt == "detcon":
         state, dropped = from_haiku(read_npy_dict(src), keep_head, encoder)
     else:
-        state, dropped = from_torch(fmt, _read_torch(src), keep_head, encoder)
+        state, dropped = from_torch(fmt, read_torch(src), keep_head, encoder)
     model = build_resnet(state)  # every tensor placed, or an error naming the misfits
     arch = describe(state)
     full = model.state_dict()  # adds BN counters a source may not store

@@ -75,21 +75,28 @@ def read_npy_dict(path: Path) -> dict:
     return value
 
 
-def read_torch(path: Path) -> dict:
-    """A ``torch.save``-d dict, loaded with ``weights_only=True``."""
+def torch_load_safe(path: Path, error: type[Exception], allowed: tuple = ()) -> object:
+    """``torch.load(weights_only=True)`` (plus the ``allowed`` globals). A file whose pickle
+    asks for any other global raises ``error`` naming it, before anything of it is built;
+    an unreadable file raises ``error`` with torch's reason."""
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(allowed)):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        what = found.group(1) if found else "an object that is not a tensor"
-        raise WeightsError(
-            f"{path}: refusing to load: it needs {what}, and unpickling it could run code. If "
-            "you trust the file, re-save its weights alone: torch.save(torch.load(f, "
-            "weights_only=False)[<key>], 'weights.pt')"
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        what = found.group(1) if found else "an object that is not a tensor or plain type"
+        raise error(
+            f"refusing to load {path}: it needs {what}, and unpickling it could run code; if "
+            "you trust its source, re-save just its tensors and plain values (a state dict) "
+            "and load that"
         ) from None
-    except (OSError, RuntimeError) as exc:
-        raise WeightsError(f"{path}: not a readable torch file ({exc})") from exc
+    except Exception as exc:  # torch raises many types for a truncated/corrupt file
+        raise error(f"cannot read {path}: {exc}") from exc
+
+
+def read_torch(path: Path) -> dict:
+    """A ``torch.save``-d dict (SoCo keeps its options in an ``argparse.Namespace``)."""
+    obj = torch_load_safe(path, WeightsError, allowed=(argparse.Namespace,))
     if not isinstance(obj, dict):
         raise WeightsError(f"{path}: holds a {type(obj).__name__}, not a dict")
     return obj
@@ -136,7 +143,7 @@ def _torch_name(match: re.Match) -> str:
 def from_haiku(tree: dict, keep_head: bool = False, encoder: str | None = None):
     """DetCon's Haiku weights -> (torchvision state dict, dropped module paths)."""
     modules = _modules(tree)
-    roots = Counter(p[: m.start()] for p in modules if (m := _ROOT.search(p)))
+    roots = {p[: m.start()] for p in modules if (m := _ROOT.search(p))}
     if not roots:
         raise WeightsError("no ResNet found (no initial_conv / block_group_* modules)")
     pick = encoder or ("online" if any("online" in r for r in roots) else "")

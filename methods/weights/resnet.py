@@ -62,8 +62,8 @@ def _conv_like(w: Tensor, stride: int) -> nn.Conv2d:
     return nn.Conv2d(cin, out, k, stride=stride, padding=k // 2, bias=False)
 
 
-def build_resnet(state: dict[str, Tensor], load: bool = True) -> tv.ResNet:
-    """The torchvision ResNet that ``state`` loads into strictly (and loaded, by default).
+def build_resnet(state: dict[str, Tensor]) -> tv.ResNet:
+    """The torchvision ResNet that ``state`` loads into strictly, loaded with it.
 
     Without ``fc.*`` in the weights the head is ``nn.Identity()``: the model returns the
     pooled features.
@@ -90,11 +90,10 @@ def build_resnet(state: dict[str, Tensor], load: bool = True) -> tv.ResNet:
         model.fc = nn.Linear(arch["fc"][1], arch["fc"][0])
     else:
         model.fc = nn.Identity()
-    if load:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise WeightsError(f"weights do not fit a ResNet: missing {missing[:8]}, "
-                               f"unexpected {unexpected[:8]}")  # fmt: skip
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise WeightsError(f"weights do not fit a ResNet: missing {missing[:8]}, "
+                           f"unexpected {unexpected[:8]}")  # fmt: skip
     return model
 
 

@@ -67,25 +67,13 @@ def test_a_mask_store_of_another_dataset_is_refused_before_the_run(tiny_shapes, 
     assert not (tmp_path / "o" / "checkpoint.pt").exists()
 
 
-class WritesAFile:
-    """Unpickling this calls pathlib.Path.touch: what a hostile checkpoint could do."""
-
-    def __init__(self, target):
-        self.target = target
-
-    def __reduce__(self):
-        from pathlib import Path
-
-        return (Path.touch, (Path(self.target),))
-
-
 @pytest.mark.parametrize("command", ["pretrain", "eval"])
 def test_a_checkpoint_that_would_run_code_is_refused_by_the_cli(command, tiny_shapes, tmp_path,
-                                                                capsys):  # fmt: skip
+                                                                capsys, hostile_payload):  # fmt: skip
     target = tmp_path / "pwned"
     bad = tmp_path / "o" / "checkpoint.pt"
     bad.parent.mkdir()
-    torch.save({"format": 1, "backbone": {}, "payload": WritesAFile(target)}, bad)
+    torch.save({"format": 1, "backbone": {}, "payload": hostile_payload(target)}, bad)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     common = [*TINY, f"data.root={tiny_shapes}", f"tracking.uri={uri}"]
     if command == "pretrain":  # resuming the checkpoint found in the output folder

@@ -168,24 +168,16 @@ def test_an_unmatched_encoder_key_is_listed(detcon_file, tmp_path, capsys):
     assert not (tmp_path / "o.pt").exists()
 
 
-class Touches:
-    def __init__(self, target):
-        self.target = target
-
-    def __reduce__(self):
-        from pathlib import Path
-
-        return (Path.touch, (Path(self.target),))
-
-
 @pytest.mark.parametrize("fmt", ["detcon", "soco"])
-def test_a_file_whose_pickle_would_run_code_is_refused(fmt, tmp_path, capsys):
+def test_a_file_whose_pickle_would_run_code_is_refused(fmt, tmp_path, capsys, hostile_payload):
     target = tmp_path / "pwned"
     src = tmp_path / ("evil.npy" if fmt == "detcon" else "evil.pth")
     if fmt == "detcon":
-        np.save(src, {"res_net50/~/initial_conv": {"w": Touches(target)}}, allow_pickle=True)
+        np.save(
+            src, {"res_net50/~/initial_conv": {"w": hostile_payload(target)}}, allow_pickle=True
+        )
     else:
-        torch.save({"model": {"x": Touches(target)}}, src)
+        torch.save({"model": {"x": hostile_payload(target)}}, src)
     assert main(["import-weights", f"format={fmt}", f"src={src}", f"out={tmp_path}/o.pt"]) == 2
     assert "could run code" in capsys.readouterr().err
     assert not target.exists()
