@@ -8,6 +8,7 @@ calls ``train(cfg)``, which behaves exactly as it does locally.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -340,6 +341,20 @@ def reconcile(uri: str, cluster: DictConfig, experiments: list[str] | None = Non
     return ended
 
 
+def store_reachable(uri: str, timeout_s: float = 3.0) -> bool:
+    """An http(s) tracking server answers its health check (MLflow's own client would retry
+    a dead one for minutes); other stores count as reachable."""
+    if not uri.startswith(("http://", "https://")):
+        return True
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s)
+        return True
+    except OSError:
+        return False
+
+
 def jobs_command(cfg: DictConfig) -> int:
     """detlab's jobs with their SLURM state (sacct), MLflow run status and log path. Runs
     left RUNNING by a job or process that is gone are marked FAILED/KILLED first."""
@@ -348,7 +363,12 @@ def jobs_command(cfg: DictConfig) -> int:
     entries = []
     if registry().exists():
         entries = [json.loads(x) for x in registry().read_text().splitlines() if x.strip()]
+    reachable = set()
     for uri in dict.fromkeys([cfg.tracking.uri, *(e["uri"] for e in entries)]):
+        if not store_reachable(uri):  # a server that is gone must not stop the listing
+            print(f"MLflow store {uri} does not answer: its runs are not checked", file=sys.stderr)
+            continue
+        reachable.add(uri)
         reconcile(uri, cfg.cluster)
     if not entries:
         print("no detlab jobs submitted yet")
@@ -359,10 +379,10 @@ def jobs_command(cfg: DictConfig) -> int:
             state = sacct_state(e["job_id"], cfg.cluster)
         except LaunchError:
             state = "UNKNOWN"
-        try:
-            run_status = MlflowClient(e["uri"]).get_run(e["run_id"]).info.status
-        except Exception:  # store moved or deleted
-            run_status = "?"
+        run_status = "?"
+        if e["uri"] in reachable:
+            with contextlib.suppress(Exception):  # a run deleted from its store
+                run_status = MlflowClient(e["uri"]).get_run(e["run_id"]).info.status
         print(f"{e['job_id']:>8}  {state:<12} {e['method']:<10} {e['run_id']:<34} "
               f"{run_status:<10} {e['log']}")  # fmt: skip
     return 0

@@ -31,7 +31,7 @@ def wait_until(predicate, timeout: float, what: str) -> None:
 
 @pytest.mark.slow
 def test_kill_9_of_a_local_run_is_reconciled_and_the_rerun_continues_it(
-    tiny_overrides, tmp_path, interruption, capsys
+    tiny_overrides, tmp_path, interruption, capsys, monkeypatch
 ):
     """SIGKILL of `detlab pretrain` (no handler runs: as an OOM kill): `detlab jobs` marks
     its MLflow run KILLED with the reason; the same command again resumes the checkpoint in
@@ -39,6 +39,7 @@ def test_kill_9_of_a_local_run_is_reconciled_and_the_rerun_continues_it(
     args = tiny_overrides(tmp_path, "train.checkpoint_every=5", "tracking.experiment=local",
                           method="byol", steps=40)  # fmt: skip
     uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("DETLAB_HOME", str(tmp_path / "home"))  # this test's job registry only
     proc = subprocess.Popen([sys.executable, "-m", "detlab.platform.cli", "pretrain", *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
 

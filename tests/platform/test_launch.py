@@ -75,3 +75,25 @@ def test_runs_get_their_own_folders_and_a_foreign_checkpoint_is_refused(
     assert len(err) == 1 and "method.name=byol there, simclr here" in err[0]
     assert main(["pretrain", *args, "method=byol", f"train.out_dir={byol_dir}"]) == 0  # resumes
     assert "completed at step 2" in capsys.readouterr().out
+
+
+def test_jobs_lists_past_a_tracking_server_that_is_gone(tmp_path, monkeypatch, capsys):
+    """A job registered against an MLflow server that no longer runs: `detlab jobs` says so
+    in one line and lists the job (run status unknown) instead of failing."""
+    import socket
+
+    from detlab.platform.compose import compose
+    from detlab.platform.launch import jobs_command, register
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("DETLAB_HOME", str(tmp_path))
+    dead = f"http://127.0.0.1:{port}"
+    register({"job_id": "4242", "run_id": "r" * 32, "uri": dead, "log": "x.out",
+              "out_dir": str(tmp_path), "method": "byol", "submitted": 0.0})  # fmt: skip
+    assert jobs_command(compose([f"tracking.uri=sqlite:///{tmp_path}/m.db"])) == 0
+    out, err = capsys.readouterr()
+    assert f"MLflow store {dead} does not answer" in err
+    (row,) = [line for line in out.splitlines() if line.strip().startswith("4242")]
+    assert "byol" in row and " ? " in row
