@@ -9,7 +9,6 @@ feature map, one batched matmul).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -45,20 +44,28 @@ def pool_masks(masks: Tensor, grid: tuple[int, int], max_mask_id: int = 256) -> 
         raise MaskPoolingError(
             f"grid {grid} must be positive and at most the mask size {(height, width)}"
         )
-    if masks.numel() and (int(masks.min()) < 0 or int(masks.max()) >= max_mask_id):
-        raise MaskPoolingError(
-            f"mask ids must lie in [0, {max_mask_id}), got range "
-            f"[{int(masks.min())}, {int(masks.max())}]"
-        )
+    # The range check reads the ids on the host: done for CPU tensors only. On a GPU it would
+    # stall every step; there the ids come from the loader's uint8 mask stores or grids
+    # (< 256 <= max_mask_id, checked when the method is built).
+    if masks.device.type == "cpu" and masks.numel():
+        lo, hi = int(masks.min()), int(masks.max())
+        if lo < 0 or hi >= max_mask_id:
+            raise MaskPoolingError(
+                f"mask ids must lie in [0, {max_mask_id}), got range [{lo}, {hi}]"
+            )
     device = masks.device
     cell_y = torch.arange(height, device=device) * h // height  # [H]
     cell_x = torch.arange(width, device=device) * w // width  # [W]
     cell = cell_y[:, None] * w + cell_x[None, :]  # [H, W] in [0, h*w)
     image = torch.arange(b, device=device)[:, None, None] * (h * w)  # [B, 1, 1]
     flat = (image + cell[None]) * max_mask_id + masks.long()  # [B, H, W]
-    counts = torch.bincount(flat.reshape(-1), minlength=b * h * w * max_mask_id)
+    # scatter_add into a buffer of known size: bincount (and one_hot) read the ids' maximum
+    # on the host, a sync per call on a GPU; integer sums are exact in any order
+    counts = torch.zeros(b * h * w * max_mask_id, dtype=torch.int32, device=device)
+    counts.scatter_add_(0, flat.reshape(-1), torch.ones_like(flat.reshape(-1), dtype=torch.int32))
     winner = counts.view(b, h * w, max_mask_id).argmax(dim=-1)  # [B, h*w], first max wins
-    return F.one_hot(winner, max_mask_id).permute(0, 2, 1).float()  # [B, max_mask_id, h*w]
+    out = torch.zeros(b, max_mask_id, h * w, device=device)  # [B, max_mask_id, h*w]
+    return out.scatter_(1, winner[:, None, :], 1.0)
 
 
 def sample_mask_ids(
@@ -96,7 +103,9 @@ def sample_mask_ids(
         raise MaskPoolingError(f"num_masks must be >= 1, got {num_masks}")
     present_a = pooled_a.sum(dim=-1) > 0  # [B, max_mask_id]
     present_b = pooled_b.sum(dim=-1) > 0
-    if not bool(present_a.any(dim=1).all()):
+    # pool_masks gives every cell one id, so this holds by construction; checked on the CPU
+    # only (on a GPU the check would be a host sync per step)
+    if present_a.device.type == "cpu" and not bool(present_a.any(dim=1).all()):
         raise MaskPoolingError("every image needs at least one mask id present in view a")
     both = present_a & present_b
     allowed = torch.where(both.any(dim=1, keepdim=True), both, present_a)  # [B, max_mask_id]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
@@ -147,6 +148,33 @@ def autocast_for(precision: str, device: torch.device):
     raise ValueError(f"train.precision={precision!r} is not one of: auto, fp32, bf16")
 
 
+class FiniteWatch:
+    """Remembers the first step whose loss was not finite, without a host sync; ``check``
+    (a sync) raises NonFiniteLossError for it on every rank."""
+
+    def __init__(self, method: str, ckpt_path: Path, info: distr.DistInfo):
+        self.method, self.ckpt_path, self.info = method, ckpt_path, info
+        self.step = torch.full((), -1, dtype=torch.long, device=info.device)
+        self.loss = torch.zeros((), device=info.device)
+
+    def record(self, loss: Tensor, step: int) -> None:
+        first = (self.step < 0) & ~torch.isfinite(loss.detach()).all()
+        self.step = torch.where(first, step, self.step)
+        self.loss = torch.where(first, loss.detach().float(), self.loss)
+
+    def check(self, lr: float) -> None:
+        bad = int(self.step)
+        if distr.any_true(bad >= 0, self.info):
+            where = (
+                f"{float(self.loss)} at step {bad}" if bad >= 0 else "not finite on another rank"
+            )
+            raise NonFiniteLossError(
+                f"loss is {where} (method={self.method}, lr={lr:.3g}): lower optim.lr, enable "
+                f"optim.grad_clip, or check the data; the last good checkpoint is kept at "
+                f"{self.ckpt_path}"
+            )
+
+
 def train(
     cfg: DictConfig,
     *,
@@ -222,7 +250,16 @@ def train(
         logger.log_text(to_yaml(cfg), "config.yaml")
     monitor = KnnMonitor(cfg, info) if tc.knn_every > 0 else None
 
+    # On a GPU the host reads device values (the non-finite check; in multi-process runs the
+    # stop vote) only every log_every steps and before a checkpoint, so that steps never wait
+    # on it; on the CPU every step, where it costs nothing.
+    finite = FiniteWatch(cfg.method.name, ckpt_path, info)
+
+    def host_check(step: int) -> bool:
+        return info.device.type != "cuda" or (step + 1) % tc.log_every == 0 or step + 1 == tc.steps
+
     def save(step: int) -> str | None:
+        finite.check(scheduler.get_last_lr()[0])  # never save what a non-finite loss made
         if not info.is_main:
             return None
         state = {
@@ -261,13 +298,9 @@ def train(
             with amp:
                 out = model(batch)
             loss = out["loss"]
-            if distr.any_true(not bool(torch.isfinite(loss.detach()).all()), info):
-                raise NonFiniteLossError(
-                    f"loss is {loss.item()} at step {step} (method={cfg.method.name}, "
-                    f"lr={scheduler.get_last_lr()[0]:.3g}): lower optim.lr, enable "
-                    f"optim.grad_clip, or check the data; the last good checkpoint is kept "
-                    f"at {ckpt_path}"
-                )
+            finite.record(loss, step)
+            if host_check(step):
+                finite.check(scheduler.get_last_lr()[0])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.optim.grad_clip:
@@ -306,7 +339,9 @@ def train(
                 if distr.any_true(verdict is not None, info):
                     raise verdict or RuntimeError("stopped: rank 0's on_metrics raised")
             # checkpoints, and a clean stop when the launcher asks (preemption, timeout)
-            stop = stop_requested is not None and distr.any_true(stop_requested(), info)
+            stop = (stop_requested is not None
+                    and (not info.distributed or host_check(step - 1))
+                    and distr.any_true(stop_requested(), info))  # fmt: skip
             if step % tc.checkpoint_every == 0 or step == tc.steps or stop:
                 path = save(step)
                 distr.barrier(info)

@@ -201,8 +201,8 @@ def detcon_loss(
         col_ids = torch.zeros(2, b_all, m, dtype=torch.long, device=device)
         col_ids[:, offset : offset + b] = local
     col_absent = col_ids < 0  # [2, B_all, M]
-    if not bool(col_absent.any()):
-        col_absent = None
+    if col_absent.device.type == "cpu" and not bool(col_absent.any()):
+        col_absent = None  # skip a masked fill; not tested on a GPU, where it is a host sync
 
     rows = preds / temperature  # [2, B, M, D]
     lse_term = _WeightedMaskedLogSumExp.apply(

@@ -24,13 +24,23 @@ def ema_tau(base: float, step: int, total_steps: int) -> float:
 
 
 @torch.no_grad()
-def embedding_std(z: Tensor) -> Tensor:
+def embedding_std(z: Tensor, keep: Tensor | None = None) -> Tensor:
     """Collapse monitor (SimSiam): z [N, D] -> the per-dimension std over N of the
-    L2-normalised embeddings, averaged over D. ~1/sqrt(D) when healthy, 0 when collapsed."""
+    L2-normalised embeddings, averaged over D. ~1/sqrt(D) when healthy, 0 when collapsed.
+
+    ``keep`` [N] bool: only those rows (e.g. masks present in the view), computed with
+    weights rather than by indexing, which would read the count on the host (a GPU sync);
+    nan when fewer than two rows are kept."""
     z = torch.nn.functional.normalize(z.detach().float().flatten(0, -2), dim=-1)
-    if z.shape[0] < 2:  # no spread to measure (e.g. no mask present in the batch)
-        return z.new_tensor(float("nan"))
-    return z.std(0).mean()
+    if keep is None:
+        if z.shape[0] < 2:  # no spread to measure
+            return z.new_tensor(float("nan"))
+        return z.std(0).mean()
+    w = keep.reshape(-1, 1).to(z.dtype)  # [N, 1]
+    n = w.sum()
+    mean = (z * w).sum(0) / n.clamp_min(1)  # [D]
+    var = ((z - mean).pow(2) * w).sum(0) / (n - 1).clamp_min(1)  # unbiased, as Tensor.std
+    return torch.where(n >= 2, var.sqrt().mean(), z.new_tensor(float("nan")))
 
 
 def make_target(online: nn.Module) -> nn.Module:

@@ -70,7 +70,7 @@ class DetConS(Method):
         return {
             "loss": loss,
             "masks_present": (ids_b >= 0).float().mean(),
-            "rep_std": embedding_std(z_a[ids_a >= 0]),
+            "rep_std": embedding_std(z_a, keep=ids_a >= 0),
         }
 
 
@@ -108,9 +108,8 @@ class DetConB(Method):
             cross_image_negatives=self.cfg.cross_image_negatives,
             offset=gather_offset(preds[0].shape[0]),
         )
-        present = (ids_a >= 0).flatten()  # [B*M]
         return {
             "loss": loss,
             "masks_present": (ids_b >= 0).float().mean(),
-            "rep_std": embedding_std(projections[0][present]),
+            "rep_std": embedding_std(projections[0], keep=ids_a >= 0),
         }

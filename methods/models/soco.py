@@ -63,5 +63,5 @@ class SoCo(Method):
         return {
             "loss": loss,
             "boxes_valid": valid.float().sum(1).mean(),
-            "rep_std": embedding_std(online[0][valid]),
+            "rep_std": embedding_std(online[0], keep=valid),
         }

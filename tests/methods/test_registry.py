@@ -145,3 +145,34 @@ def test_embedding_std_reads_collapse():
     collapsed = torch.ones(4096, 64) + 1e-4 * spread
     assert float(embedding_std(collapsed)) < 1e-3
     assert torch.isnan(embedding_std(spread[:1]))  # one sample: no spread to measure
+
+
+def test_embedding_std_keep_equals_indexing():
+    """The masked form (no host sync on a GPU) is the std of the kept rows, [B, M, D] too."""
+    from detlab.methods.models.base import embedding_std
+
+    gen = torch.Generator().manual_seed(1)
+    z = torch.randn(6, 5, 16, generator=gen)  # [B, M, D]
+    keep = torch.rand(6, 5, generator=gen) < 0.6
+    assert 2 <= int(keep.sum()) < 30
+    expected = float(embedding_std(z[keep]))
+    assert float(embedding_std(z, keep=keep)) == pytest.approx(expected, rel=1e-5)
+    one = torch.zeros(6, 5, dtype=torch.bool)
+    one[2, 3] = True
+    assert torch.isnan(embedding_std(z, keep=one))  # a single kept row: no spread
+
+
+def test_pool_masks_matches_the_reference_pooling():
+    """One-hot, average pooling over H/h x W/w windows, argmax (ties to the lowest id),
+    one-hot again: the official pooling, written out here at full size."""
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(2)
+    masks = torch.randint(0, 5, (3, 32, 32), generator=gen)
+    masks[0, :8, :8] = 7  # a whole cell of one id
+    onehot = F.one_hot(masks, 16).permute(0, 3, 1, 2).float()  # [B, 16, H, W]
+    avg = F.avg_pool2d(onehot, kernel_size=8).flatten(2)  # [B, 16, 16]
+    expected = F.one_hot(avg.argmax(1), 16).permute(0, 2, 1).float()
+    assert torch.equal(pool_masks(masks, (4, 4), max_mask_id=16), expected)
+    with pytest.raises(ValueError, match=r"\[0, 16\), got range \[0, 16\]"):
+        pool_masks(torch.where(masks == 7, 16, masks), (4, 4), max_mask_id=16)
