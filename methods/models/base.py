@@ -40,7 +40,7 @@ def embedding_std(z: Tensor, keep: Tensor | None = None) -> Tensor:
     n = w.sum()
     mean = (z * w).sum(0) / n.clamp_min(1)  # [D]
     var = ((z - mean).pow(2) * w).sum(0) / (n - 1).clamp_min(1)  # unbiased, as Tensor.std
-    return torch.where(n >= 2, var.sqrt().mean(), z.new_tensor(float("nan")))
+    return torch.where(n >= 2, var.sqrt().mean(), float("nan"))  # a scalar: no host copy
 
 
 def make_target(online: nn.Module) -> nn.Module:
