@@ -258,12 +258,9 @@ class ResumableSampler(Sampler[int]):
     batch); rank r yields its contiguous slice ``[r*B/world, (r+1)*B/world)`` of each, so
     the DataLoader's per-rank batch size must be B/world. ``drop_last=False`` pads the last
     global batch with the permutation's first indices. ``len()`` is the full per-rank epoch;
-    iteration starts at ``start_batch`` (set by ``set_start_batch`` or ``load_state_dict``)
-    and, once an epoch has been fully yielded, the next iteration starts at batch 0.
-
-    ``state_dict()`` counts the batches yielded by the current iterator; a DataLoader with
-    workers prefetches, so the training loop should pass the batches it actually consumed
-    (``state_dict(consumed=...)``) or restore from its step with ``locate(step)``.
+    iteration starts at ``start_batch`` (``set_start_batch``: the training loop derives it
+    from its step count, so a resumed run continues the exact order) and, once an epoch has
+    been fully yielded, the next iteration starts at batch 0.
     """
 
     def __init__(
@@ -289,7 +286,7 @@ class ResumableSampler(Sampler[int]):
         self.n, self.batch_size, self.seed = int(dataset_len), int(batch_size), int(seed)
         self.rank, self.world_size, self.drop_last = int(rank), int(world_size), drop_last
         self.per_rank = self.batch_size // self.world_size
-        self.epoch, self.start_batch, self._yielded = 0, 0, 0
+        self.epoch, self.start_batch = 0, 0
 
     @property
     def batches_per_epoch(self) -> int:
@@ -297,10 +294,6 @@ class ResumableSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.batches_per_epoch * self.per_rank
-
-    def locate(self, step: int) -> tuple[int, int]:
-        """(epoch, batch within the epoch) of global step ``step``."""
-        return divmod(int(step), self.batches_per_epoch)
 
     def set_epoch(self, epoch: int) -> None:
         if int(epoch) != self.epoch:
@@ -326,28 +319,8 @@ class ResumableSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         perm = self.permutation(self.epoch).view(self.batches_per_epoch, self.batch_size)
         lo = self.rank * self.per_rank
-        mine = perm[self.start_batch :, lo : lo + self.per_rank].reshape(-1).tolist()
-        self._yielded = 0
-        for i, index in enumerate(mine):
-            self._yielded = (i + 1) // self.per_rank  # whole batches handed out so far
-            yield index
+        yield from perm[self.start_batch :, lo : lo + self.per_rank].reshape(-1).tolist()
         self.start_batch = 0  # a finished epoch: the next pass starts from its beginning
-
-    def state_dict(self, consumed: int | None = None) -> dict[str, int]:
-        position = self.start_batch + (self._yielded if consumed is None else int(consumed))
-        epoch = self.epoch
-        if position >= self.batches_per_epoch:
-            epoch, position = epoch + 1, 0
-        return {"epoch": epoch, "position": position, "seed": self.seed}
-
-    def load_state_dict(self, state: dict) -> None:
-        if int(state.get("seed", self.seed)) != self.seed:
-            raise PretrainDataError(
-                f"sampler state has seed {state['seed']}, this run uses train.seed={self.seed}"
-            )
-        self.epoch = int(state["epoch"])
-        self.set_start_batch(int(state["position"]))
-        self._yielded = 0
 
 
 # ------------------------------------------------------------------------- evaluation

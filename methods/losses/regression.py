@@ -73,7 +73,7 @@ def vicreg_terms(z_a: Tensor, z_b: Tensor) -> dict[str, Tensor]:
 
 def vicreg_loss(
     z_a: Tensor, z_b: Tensor, sim: float = 25.0, var: float = 25.0, cov: float = 1.0
-) -> Tensor:
+) -> tuple[Tensor, dict[str, Tensor]]:
     """VICReg: sim * invariance + var * variance + cov * covariance (see vicreg_terms).
 
     Args:
@@ -81,10 +81,10 @@ def vicreg_loss(
         sim, var, cov: term weights (paper: 25, 25, 1).
 
     Returns:
-        scalar loss.
+        (scalar loss, the unweighted terms, for logging).
     """
     t = vicreg_terms(z_a, z_b)
-    return sim * t["invariance"] + var * t["variance"] + cov * t["covariance"]
+    return sim * t["invariance"] + var * t["variance"] + cov * t["covariance"], t
 
 
 def soco_loss(pred: Tensor, target: Tensor, valid: Tensor) -> Tensor:

@@ -64,7 +64,6 @@ class Method(nn.Module):
     """Base class; subclasses set ``input_kind`` and implement ``forward``."""
 
     input_kind = "mask"
-    uses_ema = False
 
     def __init__(self, m: MethodConfig, b: BackboneConfig, aug: AugConfig):
         super().__init__()

@@ -77,8 +77,6 @@ class DetConS(Method):
 class DetConB(Method):
     """BYOL's online / EMA-target networks with a predictor; targets gathered without grad."""
 
-    uses_ema = True
-
     def __init__(self, m: MethodConfig, b: BackboneConfig, aug: AugConfig):
         super().__init__(m, b, aug)
         self.add_byol_networks()

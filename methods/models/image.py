@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from detlab.methods.heads import mlp
-from detlab.methods.losses import byol_loss, moco_loss, nt_xent_loss, vicreg_terms
+from detlab.methods.losses import byol_loss, moco_loss, nt_xent_loss, vicreg_loss
 from detlab.methods.models.base import Method, embedding_std
 from detlab.methods.ops import all_gather_with_grad, concat_all_gather, gather_offset
 from detlab.platform.config import AugConfig, BackboneConfig, MethodConfig
@@ -35,8 +35,6 @@ class SimCLR(Method):
 class BYOL(Method):
     """Online projector + predictor regress the EMA target's projection of the other view."""
 
-    uses_ema = True
-
     def __init__(self, m: MethodConfig, b: BackboneConfig, aug: AugConfig):
         super().__init__(m, b, aug)
         self.add_byol_networks()
@@ -53,8 +51,6 @@ class BYOL(Method):
 
 class MoCoV2(Method):
     """Query encoder vs momentum key encoder, a queue of past keys as negatives."""
-
-    uses_ema = True
 
     def __init__(self, m: MethodConfig, b: BackboneConfig, aug: AugConfig):
         super().__init__(m, b, aug)
@@ -101,10 +97,8 @@ class VICReg(Method):
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         z_a = all_gather_with_grad(self.expander(self.encoder.pooled(batch["view1"])))
         z_b = all_gather_with_grad(self.expander(self.encoder.pooled(batch["view2"])))
-        t = vicreg_terms(z_a, z_b)
         c = self.cfg
-        loss = c.vicreg_sim * t["invariance"] + c.vicreg_var * t["variance"]
-        loss = loss + c.vicreg_cov * t["covariance"]
+        loss, t = vicreg_loss(z_a, z_b, c.vicreg_sim, c.vicreg_var, c.vicreg_cov)
         return {
             "loss": loss,
             "rep_std": embedding_std(z_a),

@@ -22,7 +22,6 @@ VIEWS = (("v1", "boxes1"), ("v2", "boxes2"), ("v3", "boxes3"))
 
 class SoCo(Method):
     input_kind = "boxes"
-    uses_ema = True
 
     def __init__(self, m: MethodConfig, b: BackboneConfig, aug: AugConfig):
         super().__init__(m, b, aug)

@@ -59,6 +59,7 @@ def loader_batches(sampler, per_rank):
 
 
 def test_resume_mid_epoch_continues_the_exact_order():
+    """What train() does on resume: set_epoch, then set_start_batch from the step count."""
     n, B, world = 40, 8, 2
     for rank in range(world):
         full = ResumableSampler(n, B, 7, rank=rank, world_size=world)
@@ -69,11 +70,10 @@ def test_resume_mid_epoch_continues_the_exact_order():
         first.set_epoch(2)
         it = iter(DataLoader(list(range(1000)), batch_size=B // world, sampler=first))
         seen = [next(it).tolist() for _ in range(3)]  # stopped after 3 steps
-        state = first.state_dict()
-        assert state["epoch"] == 2 and state["position"] == 3
 
         resumed = ResumableSampler(n, B, 7, rank=rank, world_size=world)
-        resumed.load_state_dict(state)
+        resumed.set_epoch(2)
+        resumed.set_start_batch(3)
         rest = loader_batches(resumed, B // world)
         assert seen + rest == reference
         # after a completed epoch the sampler starts the next pass from batch 0
@@ -81,16 +81,15 @@ def test_resume_mid_epoch_continues_the_exact_order():
         assert len(loader_batches(resumed, B // world)) == n // B
 
 
-def test_state_at_epoch_end_points_to_the_next_epoch_and_locate():
+def test_start_batch_is_the_global_batch_of_the_epoch():
     s = ResumableSampler(16, 4, 0)
-    s.set_epoch(5)
-    list(s)
-    assert s.state_dict() == {"epoch": 6, "position": 0, "seed": 0}
-    assert s.locate(9) == (2, 1)
     s.set_epoch(0)
-    s.set_start_batch(3)  # what the training loop does from its step count
+    s.set_start_batch(3)
     assert list(s) == list(torch.tensor(global_batches(16, 4, 0, 0)[3]).tolist())
-    assert s.state_dict(consumed=0) == {"epoch": 0, "position": 0, "seed": 0}
+    assert len(list(s)) == 16  # the next pass starts from batch 0 again
+    s.set_start_batch(2)
+    s.set_epoch(1)  # a new epoch resets the start
+    assert len(list(s)) == 16
 
 
 def test_sampler_errors_are_clear():
@@ -99,8 +98,8 @@ def test_sampler_errors_are_clear():
     with pytest.raises(PretrainDataError, match="cannot fill one global batch"):
         ResumableSampler(5, 8, 0)
     s = ResumableSampler(32, 8, 0)
-    with pytest.raises(PretrainDataError, match="train.seed=0"):
-        s.load_state_dict({"epoch": 0, "position": 1, "seed": 9})
+    with pytest.raises(PretrainDataError, match="outside the epoch's 4 batches"):
+        s.set_start_batch(5)
 
 
 # ------------------------------------------------------------------------- datasets

@@ -15,6 +15,7 @@ from detlab.methods.losses import (
     moco_loss,
     nt_xent_loss,
     soco_loss,
+    vicreg_loss,
     vicreg_terms,
 )
 
@@ -166,6 +167,10 @@ def test_vicreg_terms_hand_case():
     assert float(t["variance"]) == pytest.approx(0.0, abs=1e-7)  # std > 1: hinge is 0
     # cov = [[2, 2], [2, 2]]: off-diagonal 2 -> (2^2 + 2^2) / 2 per view, two views
     assert float(t["covariance"]) == pytest.approx(8.0, rel=1e-4)
+    # the weighted loss on the same case: 25 * 0 + 25 * 0 + cov * 8
+    loss, terms = vicreg_loss(z, z, sim=25.0, var=25.0, cov=0.5)
+    assert float(loss) == pytest.approx(4.0, rel=1e-4)
+    assert set(terms) == {"invariance", "variance", "covariance"}
 
 
 def test_soco_loss_ignores_padded_boxes():
