@@ -42,7 +42,7 @@ from detlab.methods.photometric import IMAGENET_MEAN, IMAGENET_STD
 from detlab.platform.config import AugConfig, DataConfig, MasksConfig
 
 INPUT_KINDS = ("mask", "boxes")
-DEFAULT_GRID = 4  # on-the-fly grid masks: n x n cells (MasksConfig.grid_size if present)
+DEFAULT_GRID = 4  # on-the-fly grid masks: n x n cells (MasksConfig.grid_size)
 
 
 class PretrainDataError(ValueError):
@@ -224,7 +224,7 @@ def build_pretrain_dataset(
         )
 
     transform = build_pair_transform(aug, batched=True)
-    grid = int(getattr(masks, "grid_size", DEFAULT_GRID) or DEFAULT_GRID)
+    grid = int(masks.grid_size)
     if kind == "boxes":
         raise PretrainDataError(
             f"masks={masks.name} holds box proposals (kind boxes), but this method needs "

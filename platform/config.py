@@ -30,6 +30,7 @@ class MasksConfig:
     name: str = "fh"  # grid | fh | slic | ss | gt | global | none
     path: str | None = "data/masks/fh"  # mask store written by the `masks@<name>` stage
     kind: str = "mask"  # mask (per-pixel ids) | boxes (SoCo proposals) | none
+    grid_size: int = 4  # masks computed on the fly (name=grid, path=null): n x n cells
 
 
 @dataclass

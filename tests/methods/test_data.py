@@ -168,6 +168,13 @@ def test_global_none_and_grid_sources(tiny_shapes):
     assert len(ids) > 1 and set(ids) <= set(range(16))
     g = grid_mask(8, 12, 2)
     assert g.tolist() == [[0] * 6 + [1] * 6] * 4 + [[2] * 6 + [3] * 6] * 4
+    # masks.grid_size is a schema key: composed (struct mode) and read by the dataset
+    from detlab.platform.compose import compose
+
+    cfg = compose(["masks=grid", "masks.path=null", "masks.grid_size=2"])
+    data, _, aug = cfgs(tiny_shapes)
+    ds = build_pretrain_dataset(data, cfg.masks, aug, "mask", seed=0)
+    assert set(ds[3]["mask1"].unique().tolist()) <= {0, 1, 2, 3}
 
 
 def test_same_seed_epoch_index_gives_identical_views(tiny_shapes, band_masks):
