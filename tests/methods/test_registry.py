@@ -55,8 +55,9 @@ def batch_for(method, b=4, r=32, seed=0):
 
 
 def test_registry_matches_config_group():
+    """Every YAML of the `method` group has a class and every class a YAML."""
     assert set(METHODS) == set(group_options("method"))
-    assert set(METHODS) == {"simclr", "byol", "mocov2", "vicreg", "detcon_s", "detcon_b", "soco"}
+    assert len(METHODS) >= 7  # the group is read, not empty (simclr ... soco)
 
 
 def test_unknown_method_is_named():
@@ -66,7 +67,7 @@ def test_unknown_method_is_named():
         build_method(cfg.method, cfg.backbone, cfg.aug)
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", sorted(group_options("method")))
 def test_each_method_trains_its_backbone(name):
     torch.manual_seed(0)
     _, method = tiny(name)

@@ -106,15 +106,21 @@ def test_nan_loss_fails_run_with_reason(tiny_shapes, tmp_path, tiny_cfg):
 
 
 def test_bf16_autocast_runs_on_cpu(tiny_shapes, tmp_path, tiny_cfg):
-    cfg = tiny_cfg(
-        tiny_shapes,
-        tmp_path,
-        "train.precision=bf16",
-        "train.channels_last=true",
-        method="byol",
-        steps=2,
-    )
-    assert train(cfg).status == "completed"
+    """bf16 autocast really computes in bf16 (the loss differs from fp32's, slightly)."""
+    from detlab.platform.train import autocast_for
+
+    losses = {}
+    for precision in ("bf16", "fp32"):
+        cfg = tiny_cfg(tiny_shapes, tmp_path / precision, f"train.precision={precision}",
+                       "train.channels_last=true", method="byol", steps=2)  # fmt: skip
+        res = train(cfg)
+        assert res.status == "completed"
+        losses[precision] = res.metrics["loss"]
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.05)
+    assert losses["bf16"] != losses["fp32"]
+    with autocast_for("bf16", torch.device("cpu")):
+        y = torch.nn.Conv2d(3, 4, 3)(torch.randn(1, 3, 8, 8))
+    assert y.dtype == torch.bfloat16
 
 
 def test_export_loads_into_torchvision(tiny_shapes, tmp_path, tiny_cfg):
