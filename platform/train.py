@@ -32,7 +32,7 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclass
 class TrainResult:
-    status: str  # completed | stopped | failed
+    status: str  # completed | stopped (preempted, checkpointed) | halted (on_metrics)
     step: int
     run_id: str | None
     metrics: dict[str, float] = field(default_factory=dict)
@@ -179,8 +179,12 @@ def train(
     cfg: DictConfig,
     *,
     stop_requested: Callable[[], bool] | None = None,
-    on_metrics: Callable[[int, dict[str, float]], None] | None = None,
+    on_metrics: Callable[[int, dict[str, float]], str | None] | None = None,
 ) -> TrainResult:
+    """Run ``cfg`` to ``train.steps`` (or resume it). ``stop_requested()``: checkpoint and
+    return "stopped" (preemption). ``on_metrics(step, monitor_metrics)`` (rank 0, after each
+    online kNN): a non-empty string ends the run early as "halted", that string being the
+    reason (a sweep's pruning); an exception it raises fails the run on every rank."""
     from detlab.methods.registry import build_method
     from detlab.platform.monitor import KnnMonitor, fingerprints
 
@@ -330,14 +334,19 @@ def train(
                 knn = monitor(method.backbone)
                 metrics.update(knn)
                 logger.log_metrics(knn, step)
-                verdict = None  # rank 0 talks to Optuna; every rank stops if it prunes
+                halt, error = None, None  # rank 0 decides; every rank follows
                 if on_metrics and info.is_main:
                     try:
-                        on_metrics(step, knn)
+                        halt = on_metrics(step, knn)
                     except Exception as exc:
-                        verdict = exc
-                if distr.any_true(verdict is not None, info):
-                    raise verdict or RuntimeError("stopped: rank 0's on_metrics raised")
+                        error = exc
+                if distr.any_true(error is not None, info):
+                    raise error or RuntimeError("stopped: rank 0's on_metrics raised")
+                if distr.any_true(bool(halt), info):
+                    bar.close()
+                    logger.finish("KILLED", reason=halt or "halted by rank 0's on_metrics")
+                    distr.cleanup(info)
+                    return TrainResult("halted", step, logger.run_id, metrics, None)
             # checkpoints, and a clean stop when the launcher asks (preemption, timeout)
             stop = (stop_requested is not None
                     and (not info.distributed or host_check(step - 1))
@@ -351,8 +360,6 @@ def train(
     except BaseException as exc:
         bar.close()
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-        if type(exc).__name__ == "TrialPruned":
-            status = "KILLED"
         logger.finish(status, reason=f"{type(exc).__name__}: {exc}")
         distr.cleanup(info)
         raise

@@ -107,7 +107,7 @@ class SweepWorkerJob(submitit.helpers.Checkpointable):
                     ):
                         time.sleep(3600)  # rank 0 requeues the job; SLURM ends this rank
                     trained += 1
-                except Exception as exc:  # pruned or failed: rank 0 tells Optuna
+                except Exception as exc:  # failed: rank 0 tells Optuna
                     print(f"trial {seen} ended on this rank: {type(exc).__name__}: {exc}")
                 seen += 1
             elif (channel / "done").exists():

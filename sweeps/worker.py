@@ -246,11 +246,12 @@ def _run_trial(study, storage, trial_id, number, worker_id, beat, publish, stop_
         os.environ["MASTER_PORT"] = str(port)
         publish(to_yaml(cfg), port)
 
-    def report(step: int, metrics: dict[str, float]) -> None:
+    def report(step: int, metrics: dict[str, float]) -> str | None:
         if sweep.direction == "maximize" and "knn_top1" in metrics:
             trial.report(metrics["knn_top1"], step)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at step {step}: knn_top1={metrics['knn_top1']}")
+            if trial.should_prune():  # train() ends the run as "halted" with this reason
+                return f"pruned at step {step}: knn_top1={metrics['knn_top1']}"
+        return None
 
     def stop() -> bool:  # preemption (the caller's signal) or the trial lost to a retry
         return beat.lost.is_set() or bool(stop_requested and stop_requested())
@@ -261,11 +262,11 @@ def _run_trial(study, storage, trial_id, number, worker_id, beat, publish, stop_
             raise TrialLost(number)
         if result.status == "stopped":  # preempted: checkpointed, the trial stays RUNNING
             return TrialState.RUNNING
+        if result.status == "halted":  # pruned by report()
+            study.tell(trial, state=TrialState.PRUNED)
+            client.set_tag(run_id, "optuna.state", "PRUNED")
+            return TrialState.PRUNED
         value, extra = objective_value(cfg, result, sweep.objective)
-    except optuna.TrialPruned:
-        study.tell(trial, state=TrialState.PRUNED)
-        client.set_tag(run_id, "optuna.state", "PRUNED")
-        return TrialState.PRUNED
     except (UpdateFinishedTrialError, TrialLost):
         raise
     except Exception as exc:

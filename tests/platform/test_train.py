@@ -167,3 +167,20 @@ def test_redirected_output_gets_periodic_progress_lines(tiny_shapes, tmp_path, t
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ": step " in ln]
     assert [ln.split(": step ")[1].split()[0] for ln in lines] == ["1/3", "2/3", "3/3", "3/3"]
     assert lines[0].startswith(cfg.tracking.run_name or "byol") and "img/s" in lines[0]
+
+
+def test_on_metrics_reason_halts_the_run(tiny_shapes, tmp_path, tiny_cfg):
+    """A reason returned by on_metrics (a sweep's pruning) ends the run at that monitor step,
+    KILLED in MLflow with the reason; train() itself knows nothing of Optuna."""
+    cfg = tiny_cfg(tiny_shapes, tmp_path, "train.knn_every=2", method="simclr", steps=6)
+    seen = []
+
+    def judge(step, metrics):
+        seen.append(step)
+        return f"pruned at step {step}" if step >= 4 else None
+
+    res = train(cfg, on_metrics=judge)
+    assert (res.status, res.step, seen) == ("halted", 4, [2, 4])
+    run = MlflowClient(cfg.tracking.uri).get_run(res.run_id)
+    assert run.info.status == "KILLED"
+    assert run.data.tags["failure_reason"] == "pruned at step 4"
