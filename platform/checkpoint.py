@@ -168,6 +168,49 @@ def check_resumable(state: dict[str, Any], cfg: DictConfig, path: str | Path) ->
         )
 
 
+class Checkpointer:
+    """One run's training state at ``path``: ``save`` writes it atomically (call on rank 0),
+    ``restore`` loads it back exactly (model with its EMA targets, optimiser, schedule, RNG;
+    the step gives the data order), refusing a checkpoint another run wrote."""
+
+    def __init__(self, path: str | Path, cfg: DictConfig, method, optimizer, scheduler):
+        self.path, self.cfg = Path(path), cfg
+        self.method, self.optimizer, self.scheduler = method, optimizer, scheduler
+
+    def restore(self) -> dict[str, Any] | None:
+        """The loaded state (its ``step``, ``requeues``, ``run_id``), or None to start fresh."""
+        if not self.path.exists():
+            return None
+        state = load(self.path)
+        check_resumable(state, self.cfg, self.path)
+        self.method.load_state_dict(state["method"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        return state
+
+    def save(self, step: int, run_id: str | None, requeues: int) -> str:
+        from detlab.platform.compose import to_yaml
+
+        cfg = self.cfg
+        state = {
+            "format": FORMAT,
+            "step": step,
+            "total_steps": cfg.train.steps,
+            "method": self.method.state_dict(),
+            "backbone": self.method.backbone.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng_state(),
+            "config": to_yaml(cfg),
+            "method_name": cfg.method.name,
+            "backbone_cfg": OmegaConf.to_container(cfg.backbone),
+            "run_id": run_id,
+            "requeues": requeues,
+        }
+        return str(save_atomic(state, self.path))
+
+
 def check_backbone(state: dict[str, Any], cfg: BackboneConfig) -> None:
     saved = state["backbone_cfg"]
     diff = [

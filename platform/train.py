@@ -218,17 +218,13 @@ def train(
     amp = autocast_for(tc.precision, info.device)
 
     # ---- resume: model, optimiser, schedule, EMA targets, step, RNG, data order ------
-    start_step, requeues, state = 0, 0, None
-    if tc.resume and ckpt_path.exists():
-        state = ckpt.load(ckpt_path)
-        ckpt.check_resumable(state, cfg, ckpt_path)
-        method.load_state_dict(state["method"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        ckpt.set_rng_state(state["rng"])
+    checkpoint = ckpt.Checkpointer(ckpt_path, cfg, method, optimizer, scheduler)
+    start_step, requeues = 0, 0
+    state = checkpoint.restore() if tc.resume else None
+    if state is not None:
         start_step, requeues = state["step"], state.get("requeues", 0) + 1
         if state.get("run_id") and not cfg.tracking.run_id:
-            cfg = OmegaConf.merge(cfg, {"tracking": {"run_id": state["run_id"]}})
+            cfg = checkpoint.cfg = OmegaConf.merge(cfg, {"tracking": {"run_id": state["run_id"]}})
 
     # ---- tracking (rank 0 only) ------------------------------------------------------
     logger = RunLogger(cfg.tracking, active=info.is_main, owner=True)
@@ -264,24 +260,7 @@ def train(
 
     def save(step: int) -> str | None:
         finite.check(scheduler.get_last_lr()[0])  # never save what a non-finite loss made
-        if not info.is_main:
-            return None
-        state = {
-            "format": ckpt.FORMAT,
-            "step": step,
-            "total_steps": tc.steps,
-            "method": method.state_dict(),
-            "backbone": method.backbone.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": ckpt.rng_state(),
-            "config": to_yaml(cfg),
-            "method_name": cfg.method.name,
-            "backbone_cfg": OmegaConf.to_container(cfg.backbone),
-            "run_id": logger.run_id,
-            "requeues": requeues,
-        }
-        return str(ckpt.save_atomic(state, ckpt_path))
+        return checkpoint.save(step, logger.run_id, requeues) if info.is_main else None
 
     # ---- the loop ----------------------------------------------------------------------
     metrics: dict[str, float] = {}
