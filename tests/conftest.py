@@ -38,22 +38,7 @@ def tiny_mask_sets(tiny_shapes, tmp_path_factory) -> dict[str, Path]:
     }
 
 
-TINY_TRAIN = [
-    "backbone=tiny",
-    "aug.resolution=32",
-    "train.batch_size=8",
-    "train.log_every=1",
-    "train.progress=false",
-    "optim=sgd",
-    "optim.lr=0.05",
-    "method.proj_hidden=64",
-    "method.proj_out=32",
-    "method.pred_hidden=64",
-    "method.num_masks=4",
-    "method.queue_size=64",
-    "method.fpn_channels=32",
-    "method.head_hidden=64",
-]
+TINY_TRAIN = ["experiment=tiny"]  # sweeps/conf/experiment/tiny.yaml
 
 
 @pytest.fixture

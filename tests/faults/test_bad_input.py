@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from detlab.platform.cli import main
 
-TINY = ["backbone=tiny", "aug.resolution=32", "train.batch_size=4", "train.steps=2", "optim=sgd"]
+TINY = ["experiment=tiny", "train.batch_size=4", "train.steps=2"]
 
 
 def no_runs(uri: str) -> bool:

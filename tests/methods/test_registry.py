@@ -10,17 +10,7 @@ from detlab.methods.pooling import hashed_uniform, mask_pool_features, pool_mask
 from detlab.methods.registry import METHODS, UnknownMethodError, build_method
 from detlab.platform.compose import compose, group_options
 
-TINY = [
-    "backbone=tiny",
-    "aug.resolution=32",
-    "method.proj_hidden=32",
-    "method.proj_out=16",
-    "method.pred_hidden=32",
-    "method.num_masks=4",
-    "method.queue_size=32",
-    "method.fpn_channels=16",
-    "method.head_hidden=32",
-]
+TINY = ["experiment=tiny"]  # sweeps/conf/experiment/tiny.yaml
 
 
 def tiny(name, *extra):
@@ -98,7 +88,7 @@ def test_global_mask_detcon_s_equals_simclr():
     """With one global mask (M=1) DetCon-S is SimCLR: loss = NT-Xent summed over both views."""
     extra = ("method.num_masks=1", "method.temperature=0.2")
     torch.manual_seed(0)
-    _, simclr = tiny("simclr", *extra, "method.proj_hidden=32", "method.proj_out=16")
+    _, simclr = tiny("simclr", *extra)
     torch.manual_seed(0)
     _, detcon = tiny("detcon_s", *extra)
     batch = batch_for(detcon)
