@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-from omegaconf import DictConfig
 
+from detlab.platform.config import DataConfig, EvalConfig
 from detlab.platform.distributed import DistInfo
 
 
@@ -28,21 +28,18 @@ class KnnMonitor:
     Runs on rank 0 only (other ranks simply wait at their next collective).
     """
 
-    def __init__(self, cfg: DictConfig, info: DistInfo):
+    def __init__(self, data: DataConfig, eval_cfg: EvalConfig, resolution: int, batch_size: int,
+                 max_images: int, info: DistInfo):  # fmt: skip
         from detlab.methods.eval.features import build_eval_loader
 
         self.info = info
-        self.k, self.t = cfg.eval.k, cfg.eval.knn_temperature
+        self.k, self.t = eval_cfg.k, eval_cfg.knn_temperature
         self.loaders = None
         if info.is_main:
-            kw = dict(
-                resolution=cfg.aug.resolution,
-                batch_size=max(cfg.train.batch_size, 64),
-                max_images=cfg.train.knn_max_images,
-            )
+            kw = dict(resolution=resolution, batch_size=batch_size, max_images=max_images)
             self.loaders = (
-                build_eval_loader(cfg.data, cfg.data.train_split, **kw),
-                build_eval_loader(cfg.data, cfg.data.val_split, **kw),
+                build_eval_loader(data, data.train_split, **kw),
+                build_eval_loader(data, data.val_split, **kw),
             )
 
     @torch.no_grad()

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from detlab.platform import checkpoint as ckpt
 from detlab.platform import distributed as distr
 from detlab.platform.compose import flatten, to_yaml
+from detlab.platform.config import AugConfig, DataConfig, MasksConfig, TrainConfig
 from detlab.platform.optim import build_optimizer, build_scheduler
 from detlab.platform.progress import Progress
 from detlab.platform.tracking import RunLogger, git_commit
@@ -81,32 +82,28 @@ def resolve_run_name(cfg: DictConfig) -> DictConfig:
     return OmegaConf.merge(cfg, {"tracking": {"run_name": name}})
 
 
-def build_loader(cfg: DictConfig, input_kind: str, info: distr.DistInfo):
+def build_loader(data: DataConfig, masks: MasksConfig, aug: AugConfig, tc: TrainConfig,
+                 num_boxes: int, input_kind: str, info: distr.DistInfo):  # fmt: skip
     """Dataset + resumable sampler + DataLoader for this rank's share of each global batch."""
     from detlab.methods.data import ResumableSampler, build_pretrain_dataset
 
-    dataset = build_pretrain_dataset(
-        cfg.data, cfg.masks, cfg.aug, input_kind, cfg.train.seed, num_boxes=cfg.method.num_boxes
-    )
-    if cfg.train.batch_size % info.world_size:
+    dataset = build_pretrain_dataset(data, masks, aug, input_kind, tc.seed, num_boxes=num_boxes)
+    if tc.batch_size % info.world_size:
         raise ValueError(
-            f"train.batch_size={cfg.train.batch_size} is not divisible by the "
-            f"{info.world_size} ranks"
+            f"train.batch_size={tc.batch_size} is not divisible by the {info.world_size} ranks"
         )
-    if len(dataset) < cfg.train.batch_size:
+    if len(dataset) < tc.batch_size:
         raise ValueError(
-            f"train.batch_size={cfg.train.batch_size} exceeds the {len(dataset)} images of "
-            f"{cfg.data.root} ({cfg.data.train_split})"
+            f"train.batch_size={tc.batch_size} exceeds the {len(dataset)} images of "
+            f"{data.root} ({data.train_split})"
         )
-    sampler = ResumableSampler(
-        len(dataset), cfg.train.batch_size, cfg.train.seed, info.rank, info.world_size
-    )
+    sampler = ResumableSampler(len(dataset), tc.batch_size, tc.seed, info.rank, info.world_size)
     loader = DataLoader(
         dataset,
-        batch_size=cfg.train.batch_size // info.world_size,
+        batch_size=tc.batch_size // info.world_size,
         sampler=sampler,
         collate_fn=dataset.collate,
-        num_workers=cfg.data.num_workers,
+        num_workers=data.num_workers,
         pin_memory=info.device.type == "cuda",
         drop_last=True,
         persistent_workers=False,
@@ -198,7 +195,8 @@ def train(
 
     # ---- model, data, optimiser, schedule (all validated before any step runs) -------
     method = build_method(cfg.method, cfg.backbone, cfg.aug).to(info.device)
-    dataset, sampler, loader = build_loader(cfg, method.input_kind, info)
+    dataset, sampler, loader = build_loader(cfg.data, cfg.masks, cfg.aug, tc,
+                                            cfg.method.num_boxes, method.input_kind, info)  # fmt: skip
     if info.distributed and cfg.backbone.sync_bn:
         method = distr.convert_sync_batchnorm(method, info.device)
     # channels_last on CUDA only: torch's CPU kernels gain nothing from it, and torch 2.14's
@@ -248,7 +246,10 @@ def train(
     )
     if start_step == 0:
         logger.log_text(to_yaml(cfg), "config.yaml")
-    monitor = KnnMonitor(cfg, info) if tc.knn_every > 0 else None
+    monitor = None
+    if tc.knn_every > 0:
+        monitor = KnnMonitor(cfg.data, cfg.eval, cfg.aug.resolution,
+                             max(tc.batch_size, 64), tc.knn_max_images, info)  # fmt: skip
 
     # On a GPU the host reads device values (the non-finite check; in multi-process runs the
     # stop vote) only every log_every steps and before a checkpoint, so that steps never wait
