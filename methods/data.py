@@ -164,7 +164,7 @@ class PretrainDataset(Dataset):
 def _open_store(masks: MasksConfig, images, data: DataConfig):
     """MaskStore at masks.path, checked against the dataset (clear error up front)."""
     from detlab.pipelines.datasets import open_dataset
-    from detlab.pipelines.masks import MaskStore
+    from detlab.pipelines.masks.store import MaskStore
 
     path = Path(masks.path)
     if not path.exists():

@@ -1,0 +1,82 @@
+"""The import layers, read from the source (issue 13's target), lowest first:
+
+    data access (pipelines/datasets, pipelines/masks/store.py) -> methods -> platform
+    -> sweeps and pipelines (what to run)
+
+No module may import from a higher layer. The imports that still run upward are listed in
+UPWARD, the debt to pay off: a new upward import fails this test, and so does an entry that
+is no longer there (delete it when its import goes)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+FOLDERS = ("methods", "platform", "sweeps", "pipelines")
+RANK = {"data": 0, "methods": 1, "platform": 2, "top": 3}
+
+UPWARD = {  # (file, imported module): known upward imports, to be removed
+    ("methods/augment.py", "detlab.platform.config"),
+    ("methods/backbones.py", "detlab.platform.config"),
+    ("methods/data.py", "detlab.platform.config"),
+    ("methods/eval/command.py", "detlab.platform.checkpoint"),
+    ("methods/eval/command.py", "detlab.platform.distributed"),
+    ("methods/eval/command.py", "detlab.platform.tracking"),
+    ("methods/eval/features.py", "detlab.platform.config"),
+    ("methods/models/base.py", "detlab.platform.config"),
+    ("methods/models/detcon.py", "detlab.platform.config"),
+    ("methods/models/image.py", "detlab.platform.config"),
+    ("methods/models/soco.py", "detlab.platform.config"),
+    ("methods/registry.py", "detlab.platform.config"),
+    ("platform/cli.py", "detlab.sweeps.driver"),
+    ("platform/config.py", "detlab.sweeps.schema"),
+}
+
+
+def layer(module: str) -> str:
+    parts = module.split(".")[1:]  # drop "detlab"
+    if parts[:2] == ["pipelines", "datasets"] or parts[:3] == ["pipelines", "masks", "store"]:
+        return "data"
+    if parts[0] in ("methods", "platform"):
+        return parts[0]
+    return "top"
+
+
+def imports(path: Path) -> set[str]:
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+    return {m for m in out if m.startswith("detlab.")}
+
+
+def upward_imports(root: Path = REPO) -> set[tuple[str, str]]:
+    found = set()
+    for folder in FOLDERS:
+        for path in (root / folder).rglob("*.py"):
+            rel = path.relative_to(root)
+            here = layer("detlab." + ".".join(rel.with_suffix("").parts))
+            for module in imports(path):
+                if RANK[layer(module)] > RANK[here]:
+                    found.add((rel.as_posix(), module))
+    return found
+
+
+def test_no_new_upward_imports():
+    found = upward_imports()
+    new, gone = found - UPWARD, UPWARD - found
+    assert not new, f"imports from a higher layer (see this file's docstring): {sorted(new)}"
+    assert not gone, f"no longer imported, delete from UPWARD: {sorted(gone)}"
+
+
+def test_an_upward_import_is_caught(tmp_path):
+    """The check itself: a methods module importing the platform's training loop is found."""
+    for folder in FOLDERS:
+        (tmp_path / folder).mkdir()
+    (tmp_path / "methods" / "x.py").write_text("from detlab.platform.train import train\n")
+    (tmp_path / "platform" / "y.py").write_text("import detlab.methods.registry\n")
+    (tmp_path / "methods" / "z.py").write_text("from detlab.pipelines.masks.store import S\n")
+    assert upward_imports(tmp_path) == {("methods/x.py", "detlab.platform.train")}
