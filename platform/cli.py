@@ -104,7 +104,7 @@ def run_command(args: argparse.Namespace, cfg, sub: str | None, overrides: list[
 
         return export_command(cfg)
     if args.command == "eval":
-        from detlab.methods.eval.command import eval_command
+        from detlab.platform.evaluate import eval_command
 
         return eval_command(cfg)
     if args.command == "jobs":

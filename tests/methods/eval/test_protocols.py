@@ -132,7 +132,7 @@ def test_protocol_needs_its_labels(tmp_path):
 
 
 def test_eval_by_run_id_logs_into_that_run(tiny_shapes, tiny_overrides, tmp_path, capsys):
-    from detlab.methods.eval.command import eval_command
+    from detlab.platform.evaluate import eval_command
     from detlab.platform.train import train
 
     pre = compose(tiny_overrides(tmp_path, method="byol", steps=1))
