@@ -46,7 +46,7 @@ def pool_masks(masks: Tensor, grid: tuple[int, int], max_mask_id: int = 256) -> 
         )
     # The range check reads the ids on the host: done for CPU tensors only. On a GPU it would
     # stall every step; there the ids come from the loader's uint8 mask stores or grids
-    # (< 256 <= max_mask_id, checked when the method is built).
+    # (< 256, the default max_mask_id; nothing else checks them there).
     if masks.device.type == "cpu" and masks.numel():
         lo, hi = int(masks.min()), int(masks.max())
         if lo < 0 or hi >= max_mask_id:

@@ -270,6 +270,7 @@ def train(
                    enabled=tc.progress and info.is_main, every_s=tc.progress_every_s,
                    rate_unit=("img", tc.batch_size))  # fmt: skip
     step, t_last, wait_s, imgs = start_step, time.perf_counter(), 0.0, 0
+    halted = None  # the reason on_metrics gave to end the run early
     try:
         while step < tc.steps:
             # data
@@ -323,10 +324,8 @@ def train(
                 if distr.any_true(error is not None, info):
                     raise error or RuntimeError("stopped: rank 0's on_metrics raised")
                 if distr.any_true(bool(halt), info):
-                    bar.close()
-                    logger.finish("KILLED", reason=halt or "halted by rank 0's on_metrics")
-                    distr.cleanup(info)
-                    return TrainResult("halted", step, logger.run_id, metrics, None)
+                    halted = halt or "halted by rank 0's on_metrics"
+                    break
             # checkpoints, and a clean stop when the launcher asks (preemption, timeout)
             stop = (stop_requested is not None
                     and (not info.distributed or host_check(step - 1))
@@ -344,8 +343,10 @@ def train(
         distr.cleanup(info)
         raise
     bar.close()
-    logger.finish("FINISHED")
+    logger.finish("KILLED" if halted else "FINISHED", reason=halted)
     distr.cleanup(info)
+    if halted:
+        return TrainResult("halted", step, logger.run_id, metrics, None)
     return TrainResult("completed", step, logger.run_id, metrics, str(ckpt_path))
 
 

@@ -59,7 +59,7 @@ class _WeightedMaskedLogSumExp(torch.autograd.Function):
     @staticmethod
     def forward(ctx, rows, cols, weight, drop_img, col_absent, own_excl, offset):
         # rows: [2, B, M, D]   cols: [2, B_all, M, D]   weight: [2, B, M]
-        # drop_img: [B, B_all] bool | None   col_absent: [2, B_all, M] bool | None
+        # drop_img: [B, B_all] bool | None   col_absent: [2, B_all, M] bool
         # own_excl: [2, B, M, 2, M] bool (row view i, row mask r, col view j, col mask v)
         _, b, m, d = rows.shape
         b_all = cols.shape[1]
@@ -67,8 +67,7 @@ class _WeightedMaskedLogSumExp(torch.autograd.Function):
         grid = logits.view(2, b, m, 2, b_all, m)
         if drop_img is not None:
             grid.masked_fill_(drop_img[None, :, None, None, :, None], NEG)
-        if col_absent is not None:
-            grid.masked_fill_(col_absent[None, None, None], NEG)
+        grid.masked_fill_(col_absent[None, None, None], NEG)
         # each local image's own block: diagonal of (local b, gathered offset + b), a view
         own = grid[:, :, :, :, offset : offset + b].diagonal(dim1=1, dim2=4)  # [2,M,2,M,B]
         own.masked_fill_(own_excl.permute(0, 2, 3, 4, 1), NEG)
@@ -200,9 +199,7 @@ def detcon_loss(
     if col_ids is None:
         col_ids = torch.zeros(2, b_all, m, dtype=torch.long, device=device)
         col_ids[:, offset : offset + b] = local
-    col_absent = col_ids < 0  # [2, B_all, M]
-    if col_absent.device.type == "cpu" and not bool(col_absent.any()):
-        col_absent = None  # skip a masked fill; not tested on a GPU, where it is a host sync
+    col_absent = col_ids < 0  # [2, B_all, M]; always applied (testing for none would sync)
 
     rows = preds / temperature  # [2, B, M, D]
     lse_term = _WeightedMaskedLogSumExp.apply(

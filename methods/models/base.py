@@ -30,13 +30,9 @@ def embedding_std(z: Tensor, keep: Tensor | None = None) -> Tensor:
 
     ``keep`` [N] bool: only those rows (e.g. masks present in the view), computed with
     weights rather than by indexing, which would read the count on the host (a GPU sync);
-    nan when fewer than two rows are kept."""
+    nan when fewer than two rows count."""
     z = torch.nn.functional.normalize(z.detach().float().flatten(0, -2), dim=-1)
-    if keep is None:
-        if z.shape[0] < 2:  # no spread to measure
-            return z.new_tensor(float("nan"))
-        return z.std(0).mean()
-    w = keep.reshape(-1, 1).to(z.dtype)  # [N, 1]
+    w = torch.ones_like(z[:, :1]) if keep is None else keep.reshape(-1, 1).to(z.dtype)  # [N, 1]
     n = w.sum()
     mean = (z * w).sum(0) / n.clamp_min(1)  # [D]
     var = ((z - mean).pow(2) * w).sum(0) / (n - 1).clamp_min(1)  # unbiased, as Tensor.std
