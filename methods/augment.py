@@ -35,8 +35,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from detlab.methods.config import AugConfig
 from detlab.methods.photometric import Photometric
-from detlab.platform.config import AugConfig
 
 BICUBIC = v2.InterpolationMode.BICUBIC
 MIN_BOX_FRAC = 1 / 16  # SoCo: a box must keep >= resolution/16 px per side inside V2

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models import resnet as tv
 
-from detlab.platform.config import BackboneConfig
+from detlab.methods.config import BackboneConfig
 
 ARCHS: dict[str, tuple[type[nn.Module], list[int]]] = {
     "resnet18": (tv.BasicBlock, [2, 2, 2, 2]),

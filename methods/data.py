@@ -38,8 +38,8 @@ from detlab.methods.augment import (
     build_soco_transform,
     to_float,
 )
+from detlab.methods.config import AugConfig, DataConfig, MasksConfig
 from detlab.methods.photometric import IMAGENET_MEAN, IMAGENET_STD
-from detlab.platform.config import AugConfig, DataConfig, MasksConfig
 
 INPUT_KINDS = ("mask", "boxes")
 DEFAULT_GRID = 4  # on-the-fly grid masks: n x n cells (MasksConfig.grid_size)

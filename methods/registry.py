@@ -1,19 +1,21 @@
 """The method registry: one class per name, matching the config group ``method/``.
 
 ``build_method(cfg.method, cfg.backbone, cfg.aug)`` is the only way the platform builds a
-method; tests iterate over ``METHODS``.
+method; tests iterate over ``METHODS``. Each class names its config dataclass
+(``config_class``, beside the model); ``config_schemas()`` gives them to the platform's
+config store as ``method/<name>_schema``, which each method's YAML names in its defaults.
+Adding a method: its model file (class + config dataclass), one line here, its YAML.
 """
 
 from __future__ import annotations
 
-from torch import nn
-
+from detlab.methods.config import AugConfig, BackboneConfig, MethodConfig
+from detlab.methods.models.base import Method
 from detlab.methods.models.detcon import DetConB, DetConS
 from detlab.methods.models.image import BYOL, MoCoV2, SimCLR, VICReg
 from detlab.methods.models.soco import SoCo
-from detlab.platform.config import AugConfig, BackboneConfig, MethodConfig
 
-METHODS: dict[str, type[nn.Module]] = {
+METHODS: dict[str, type[Method]] = {
     "simclr": SimCLR,
     "byol": BYOL,
     "mocov2": MoCoV2,
@@ -40,7 +42,12 @@ class UnknownMethodError(ValueError):
     pass
 
 
-def build_method(m: MethodConfig, b: BackboneConfig, aug: AugConfig) -> nn.Module:
+def config_schemas() -> dict[str, type[MethodConfig]]:
+    """``{"detcon_b_schema": DetConConfig, ...}`` (group ``method``): each method's config dataclass."""
+    return {f"{name}_schema": cls.config_class for name, cls in METHODS.items()}
+
+
+def build_method(m: MethodConfig, b: BackboneConfig, aug: AugConfig) -> Method:
     if m.name not in METHODS:
         raise UnknownMethodError(f"method.name={m.name!r} is not one of {sorted(METHODS)}")
     return METHODS[m.name](m, b, aug)

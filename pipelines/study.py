@@ -117,10 +117,13 @@ def cell_overrides(params: dict, study: str, mask: str, seed: int, resolution: i
     st = params["studies"]
     spec = st[study]
     mask_path = [] if mask == "global" else [f"masks.path={params['masks']['out']}/{mask}"]
+    method = cell_method(study_method(st), mask)
+    own = st.get("method_overrides", []) if method == study_method(st) else []
     return [
         *st["common"],
+        *own,
         *spec.get("overrides", []),
-        f"method={cell_method(study_method(st), mask)}",
+        f"method={method}",
         f"masks={mask}",
         *mask_path,
         f"data.root={params['prepare']['out']}",

@@ -2,6 +2,9 @@
 
 Commands are thin: they compose the config (errors name the key) and hand typed
 sub-configs to the code that does the work. Heavy imports happen inside each command.
+The platform's own commands are below; a layer above adds its own (``detlab sweep``) as a
+``Command`` named by an entry point of the group ``detlab.commands`` (pyproject.toml), so
+that the platform never imports the layers that use it.
 """
 
 from __future__ import annotations
@@ -9,6 +12,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from importlib.metadata import entry_points
 
 from detlab.platform.compose import ConfigError, compose, group_options
 
@@ -17,7 +24,6 @@ COMMANDS = {
     "eval": "evaluate a checkpoint or MLflow run with eval=<knn|linear|seg|det>",
     "export": "write a torchvision-compatible backbone state_dict from checkpoint=<path>",
     "import-weights": "convert format=<detcon|soco|...> src=<file> to a torchvision out=<file.pt>",
-    "sweep": "create/resume an Optuna sweep (sweep=<name>); `sweep status` reports it",
     "jobs": "list detlab's SLURM jobs (state, MLflow run, log); end runs left RUNNING by dead jobs",
     "config": "print the composed config for the given overrides",
 }
@@ -26,8 +32,26 @@ COMMANDS = {
 GROUPS = ("method", "masks", "backbone", "optim", "eval", "data", "cluster", "sweep")
 
 
+@dataclass(frozen=True)
+class Command:
+    """A command added from a layer above: ``run(cfg, sub, overrides, wait) -> exit code``,
+    ``sub`` being one of ``subcommands`` when the first override names one, else None."""
+
+    help: str
+    run: Callable[..., int]
+    subcommands: tuple[str, ...] = ()
+
+
+@cache
+def plugins() -> dict[str, Command]:
+    """The ``detlab.commands`` entry points, loaded (importing them also stores their config
+    schemas, e.g. ``sweep/sweep_schema``, before any config is composed)."""
+    return {ep.name: ep.load() for ep in entry_points(group="detlab.commands")}
+
+
 def _epilog() -> str:
-    lines = ["commands:", *(f"  {k:<14} {v}" for k, v in COMMANDS.items()), "",
+    helps = {**COMMANDS, **{k: c.help for k, c in plugins().items()}}
+    lines = ["commands:", *(f"  {k:<14} {v}" for k, v in helps.items()), "",
              "config groups (choose one with group=option; keys with key=value):"]  # fmt: skip
     lines += [f"  {g:<9} {', '.join(group_options(g))}" for g in GROUPS]
     lines += ["", "`detlab config <overrides>` prints every key with its value.",
@@ -42,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=_epilog(),
     )
-    p.add_argument("command", choices=sorted(COMMANDS), metavar="command")
+    p.add_argument("command", choices=sorted([*COMMANDS, *plugins()]), metavar="command")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. method=detcon_b")
     p.add_argument("--wait", action="store_true", help="follow a submitted job or sweep")
     p.add_argument("--verbose", action="store_true", help="print tracebacks of errors")
@@ -62,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         from detlab.methods.weights.convert import import_weights_command
 
         return import_weights_command(overrides)
-    sub = None
-    if args.command in ("sweep",) and overrides and overrides[0] in ("status", "run", "worker"):
+    sub, plugin = None, plugins().get(args.command)
+    if plugin and overrides and overrides[0] in plugin.subcommands:
         sub, overrides = overrides[0], overrides[1:]
     try:
         cfg = compose(overrides)
@@ -111,11 +135,7 @@ def run_command(args: argparse.Namespace, cfg, sub: str | None, overrides: list[
         from detlab.platform.launch import jobs_command
 
         return jobs_command(cfg)
-    if args.command == "sweep":
-        from detlab.sweeps.driver import sweep_command
-
-        return sweep_command(cfg, sub=sub or "run", wait=args.wait, overrides=overrides)
-    raise AssertionError(args.command)
+    return plugins()[args.command].run(cfg, sub, overrides, args.wait)
 
 
 if __name__ == "__main__":

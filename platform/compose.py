@@ -11,6 +11,7 @@ import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 
+import yaml
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -37,13 +38,33 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
 
 
+def default_choice(group: str) -> str | None:
+    """The option ``config.yaml``'s defaults list picks for ``group``."""
+    for entry in yaml.safe_load((conf_dir() / "config.yaml").read_text())["defaults"]:
+        if isinstance(entry, dict) and group in entry:
+            return entry[group]
+    return None
+
+
+def _schema(parsed: list) -> tuple[DictConfig, str | None]:
+    """The full schema with the chosen method's own dataclass in ``method``, and its name."""
+    from detlab.methods.registry import METHODS
+
+    schema = OmegaConf.structured(Config)
+    chosen = [ov.value() for ov in parsed if ov.key_or_group == "method"]
+    name = chosen[-1] if chosen else default_choice("method")
+    if name in METHODS:
+        schema.method = OmegaConf.structured(METHODS[name].config_class)
+    return schema, name
+
+
 def _explain(overrides: Sequence[str], exc: Exception) -> str:
     """Turn a Hydra/OmegaConf failure into a message naming the key and the choices."""
-    schema = OmegaConf.structured(Config)
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
     except Exception as parse_error:  # not even valid override syntax
         return str(parse_error).strip()
+    schema, method = _schema(parsed)
     for ov in parsed:
         key = ov.key_or_group
         if ov.is_add() or ov.is_delete():
@@ -60,6 +81,8 @@ def _explain(overrides: Sequence[str], exc: Exception) -> str:
         for i, part in enumerate(parts):
             if not isinstance(node, DictConfig) or part not in node:
                 where = ".".join(parts[:i]) or "<root>"
+                if where == "method":
+                    where = f"method ({method})"
                 valid = sorted(node.keys()) if isinstance(node, DictConfig) else []
                 return (
                     f"unknown config key '{key}': '{part}' is not a key of {where}. "

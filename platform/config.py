@@ -1,9 +1,10 @@
 """Config schema: Hydra structured configs. Values live in YAML under ``sweeps/conf/``.
 
-Every config group (``data/``, ``masks/``, ``backbone/``, ``method/``, ``optim/``,
-``cluster/``, ``eval/``, ``sweep/``) is typed by one dataclass below; builders receive the
-typed sub-config they need (``build_optimizer(cfg.optim, params)``), never the whole tree.
-Unknown keys are rejected by OmegaConf's struct mode when the config is composed.
+The full tree ``Config`` composes the science's configs (data, masks, backbone, aug and
+each method's own dataclass, all in ``detlab.methods``) with the platform's (optimiser,
+training, tracking, cluster, evaluation). Builders receive the typed sub-config they need
+(``build_optimizer(cfg.optim, params)``), never the whole tree. Unknown keys are rejected
+by OmegaConf's struct mode when the config is composed.
 """
 
 from __future__ import annotations
@@ -13,72 +14,13 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
-
-@dataclass
-class DataConfig:
-    name: str = "shapes"
-    root: str = "data/shapes"  # dataset root written by the `prepare` stage (or real data)
-    format: str = "auto"  # auto | coco | imagefolder | voc
-    train_split: str = "train"
-    val_split: str = "val"
-    num_workers: int = 0  # DataLoader worker processes
-    max_images: int | None = None  # use only the first N images (smoke runs)
-
-
-@dataclass
-class MasksConfig:
-    name: str = "fh"  # grid | fh | slic | ss | gt | global | none
-    path: str | None = "data/masks/fh"  # mask store written by the `masks@<name>` stage
-    kind: str = "mask"  # mask (per-pixel ids) | boxes (SoCo proposals) | none
-    grid_size: int = 4  # masks computed on the fly (name=grid, path=null): n x n cells
-
-
-@dataclass
-class BackboneConfig:
-    name: str = "resnet50"  # resnet18/34/50/101/152 (torchvision), resnet200, or timm:<name>
-    width: float = 1.0  # channel width multiplier; tiny CPU configs use 0.125-0.25
-    small_stem: bool = False  # 3x3 stem without max-pool, for small images
-    stem_stride: int = 1  # small stem only: 1 (C5 at H/8) or 2 (C5 at H/16)
-    last_stride: int = 2  # layer4's stride; 1 keeps C5 at layer3's resolution
-    sync_bn: bool = True  # SyncBatchNorm when torch.distributed is initialised
-
-
-@dataclass
-class AugConfig:
-    resolution: int = 224  # output size of the pretraining views (the "resolution" axis)
-    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
-    crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
-    jitter_strength: float = 1.0  # scales BYOL's (0.4, 0.4, 0.2, 0.1)
-    jitter_p: float = 0.8
-    grayscale_p: float = 0.2
-    blur_p: list[float] = field(default_factory=lambda: [1.0, 0.1])  # view 1, view 2
-    solarize_p: list[float] = field(default_factory=lambda: [0.0, 0.2])
-    # SoCo views: V2 = RandomResizedCrop(scale=soco_crop_scale), V3 = V2 at resolution/2
-    soco_crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])
-    soco_box_jitter: float = 0.1
-    soco_box_jitter_p: float = 0.5
-
-
-@dataclass
-class MethodConfig:
-    name: str = "detcon_b"  # simclr | byol | mocov2 | vicreg | detcon_s | detcon_b | soco
-    temperature: float = 0.1
-    num_masks: int = 16  # mask ids sampled per image (the "mask count" axis)
-    max_mask_id: int = 256
-    local_negatives: bool = True  # other masks of the same image are negatives
-    cross_image_negatives: int | None = None  # None = all other images, 0 = none, k = k images
-    proj_hidden: int = 4096
-    proj_out: int = 256
-    pred_hidden: int = 4096  # 0 = no predictor
-    ema_base: float = 0.996  # tau_0 of the cosine EMA schedule (target networks)
-    queue_size: int = 65536  # MoCo v2
-    vicreg_sim: float = 25.0
-    vicreg_var: float = 25.0
-    vicreg_cov: float = 1.0
-    num_boxes: int = 4  # SoCo K proposals per image
-    fpn_channels: int = 256  # SoCo FPN width
-    roi_size: int = 7
-    head_hidden: int = 1024  # SoCo R-CNN head FC width
+from detlab.methods.config import (
+    AugConfig,
+    BackboneConfig,
+    DataConfig,
+    MasksConfig,
+    MethodConfig,
+)
 
 
 @dataclass
@@ -180,7 +122,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: str | None = None  # eval / export: a checkpoint path or an MLflow run id
     export_path: str | None = None  # export: output file (default: next to the checkpoint)
-    sweep: Any = None  # filled by the sweep/ group (schema in detlab.sweeps.schema)
+    sweep: Any = None  # the sweep/ group (its schema: detlab.sweeps.schema, stored there)
 
 
 GROUPS = {
@@ -195,11 +137,15 @@ GROUPS = {
 
 
 def register_configs() -> None:
-    """Register the schema so YAML files can name ``<group>_schema`` in their defaults."""
+    """Register the schema so YAML files can name ``<group>_schema`` in their defaults, and
+    each method's own dataclass as ``method/<name>_schema`` (its YAML names it). Layers
+    above add their groups' schemas themselves (``detlab.sweeps.schema`` stores
+    ``sweep/sweep_schema`` when imported)."""
+    from detlab.methods.registry import config_schemas
+
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     for group, schema in GROUPS.items():
         cs.store(group=group, name=f"{group}_schema", node=schema)
-    from detlab.sweeps.schema import SweepConfig
-
-    cs.store(group="sweep", name="sweep_schema", node=SweepConfig)
+    for name, schema in config_schemas().items():
+        cs.store(group="method", name=name, node=schema)

@@ -196,7 +196,7 @@ def train(
     # ---- model, data, optimiser, schedule (all validated before any step runs) -------
     method = build_method(cfg.method, cfg.backbone, cfg.aug).to(info.device)
     dataset, sampler, loader = build_loader(cfg.data, cfg.masks, cfg.aug, tc,
-                                            cfg.method.num_boxes, method.input_kind, info)  # fmt: skip
+                                            method.num_boxes, method.input_kind, info)  # fmt: skip
     if info.distributed and cfg.backbone.sync_bn:
         method = distr.convert_sync_batchnorm(method, info.device)
     # channels_last on CUDA only: torch's CPU kernels gain nothing from it, and torch 2.14's

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from hydra.core.config_store import ConfigStore
+
 
 @dataclass
 class ParamSpec:
@@ -38,3 +40,7 @@ class SweepConfig:
     max_retries: int = 2  # a failed trial (crash, dead worker) is retried this many times
     monitor_every: int = 0  # kNN monitor (pruning signal) every N steps; 0 = steps // 4
     grid: bool = False  # every point of the categorical space exactly once (ablations)
+
+
+# sweep YAMLs name `sweep_schema` in their defaults: stored on import, before any compose
+ConfigStore.instance().store(group="sweep", name="sweep_schema", node=SweepConfig)

@@ -28,11 +28,9 @@ README = REPO / "README.md"
 
 # appended to a command for each key it does not set (the README quotes these)
 TINY = {
-    "pretrain": ["backbone=tiny", "aug.resolution=32", "train.batch_size=8", "train.steps=2",
-                 "optim=sgd", "method.num_masks=4", "method.queue_size=64"],
+    "pretrain": ["experiment=tiny", "train.steps=2"],
     "eval": ["eval.epochs=2", "eval.max_images=16"],
-    "sweep": ["backbone=tiny", "aug.resolution=32", "train.batch_size=8", "train.steps=2",
-              "sweep.n_trials=2", "sweep.n_workers=1"],
+    "sweep": ["experiment=tiny", "train.steps=2", "sweep.n_trials=2", "sweep.n_workers=1"],
     "config": [],
     "export": [],
     "jobs": [],

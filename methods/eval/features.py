@@ -7,8 +7,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from detlab.methods.config import DataConfig
 from detlab.methods.data import EvalDataset
-from detlab.platform.config import DataConfig
 
 
 def build_eval_loader(

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from detlab.methods.backbones import build_backbone
-from detlab.platform.config import AugConfig, BackboneConfig, MethodConfig
+from detlab.methods.config import AugConfig, BackboneConfig, MethodConfig
 
 
 def ema_tau(base: float, step: int, total_steps: int) -> float:
@@ -57,9 +57,13 @@ def ema_update(target: nn.Module, online: nn.Module, tau: float) -> None:
 
 
 class Method(nn.Module):
-    """Base class; subclasses set ``input_kind`` and implement ``forward``."""
+    """Base class; subclasses set ``input_kind`` and implement ``forward``. A method with
+    fields of its own declares them in a ``MethodConfig`` subclass named by
+    ``config_class``; ``num_boxes`` (SoCo) is how many box proposals its data needs."""
 
     input_kind = "mask"
+    config_class: type[MethodConfig] = MethodConfig
+    num_boxes = 0
 
     def __init__(self, m: MethodConfig, b: BackboneConfig, aug: AugConfig):
         super().__init__()

@@ -9,9 +9,12 @@ or batch position it lands on (a multi-rank run reproduces a single-process one)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
+from detlab.methods.config import AugConfig, BackboneConfig, MethodConfig
 from detlab.methods.heads import mlp
 from detlab.methods.losses import detcon_loss
 from detlab.methods.models.base import Method, embedding_std
@@ -23,10 +26,17 @@ from detlab.methods.pooling import (
     pool_masks,
     sample_mask_ids,
 )
-from detlab.platform.config import AugConfig, BackboneConfig, MethodConfig
 
 
-def sample_masks(batch: dict[str, Tensor], grid: tuple[int, int], m: MethodConfig):
+@dataclass
+class DetConConfig(MethodConfig):
+    num_masks: int = 16  # mask ids sampled per image (the "mask count" axis)
+    max_mask_id: int = 256  # ids >= this are ignored (uint8 stores: < 256)
+    local_negatives: bool = True  # other masks of the same image are negatives
+    cross_image_negatives: int | None = None  # None = all other images, 0 = none, k = k images
+
+
+def sample_masks(batch: dict[str, Tensor], grid: tuple[int, int], m: DetConConfig):
     """ids_a, ids_b [B, M] (-1 where absent from that view) and binary masks [B, M, h*w]."""
     pooled = [pool_masks(batch[k], grid, m.max_mask_id) for k in ("mask1", "mask2")]
     salt = int(batch.get("step", 0)) * 1_000_033 + int(batch.get("seed", 0))
@@ -42,7 +52,9 @@ class DetConS(Method):
     """SimCLR's symmetric encoder with the DetCon loss: targets are the projections
     themselves, gathered with gradients (no predictor, no EMA)."""
 
-    def __init__(self, m: MethodConfig, b: BackboneConfig, aug: AugConfig):
+    config_class = DetConConfig
+
+    def __init__(self, m: DetConConfig, b: BackboneConfig, aug: AugConfig):
         super().__init__(m, b, aug)
         self.projector = mlp(self.encoder.out_channels, m.proj_hidden, m.proj_out)
 
@@ -77,7 +89,9 @@ class DetConS(Method):
 class DetConB(Method):
     """BYOL's online / EMA-target networks with a predictor; targets gathered without grad."""
 
-    def __init__(self, m: MethodConfig, b: BackboneConfig, aug: AugConfig):
+    config_class = DetConConfig
+
+    def __init__(self, m: DetConConfig, b: BackboneConfig, aug: AugConfig):
         super().__init__(m, b, aug)
         self.add_byol_networks()
 

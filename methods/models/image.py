@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from detlab.methods.config import AugConfig, BackboneConfig, MethodConfig
 from detlab.methods.heads import mlp
 from detlab.methods.losses import byol_loss, moco_loss, nt_xent_loss, vicreg_loss
 from detlab.methods.models.base import Method, embedding_std
 from detlab.methods.ops import all_gather_with_grad, concat_all_gather, gather_offset
-from detlab.platform.config import AugConfig, BackboneConfig, MethodConfig
 
 VIEWS = ("view1", "view2")
+
+
+@dataclass
+class MoCoConfig(MethodConfig):
+    queue_size: int = 65536  # negatives kept from earlier batches
+
+
+@dataclass
+class VICRegConfig(MethodConfig):
+    vicreg_sim: float = 25.0  # invariance weight (lambda)
+    vicreg_var: float = 25.0  # variance weight (mu)
+    vicreg_cov: float = 1.0  # covariance weight (nu)
 
 
 class SimCLR(Method):
@@ -52,7 +66,9 @@ class BYOL(Method):
 class MoCoV2(Method):
     """Query encoder vs momentum key encoder, a queue of past keys as negatives."""
 
-    def __init__(self, m: MethodConfig, b: BackboneConfig, aug: AugConfig):
+    config_class = MoCoConfig
+
+    def __init__(self, m: MoCoConfig, b: BackboneConfig, aug: AugConfig):
         super().__init__(m, b, aug)
         self.projector = mlp(self.encoder.out_channels, m.proj_hidden, m.proj_out)
         self.key_encoder = self.add_target(self.encoder)
@@ -90,7 +106,9 @@ class MoCoV2(Method):
 class VICReg(Method):
     """Invariance + variance + covariance on a 3-layer expander, statistics over all ranks."""
 
-    def __init__(self, m: MethodConfig, b: BackboneConfig, aug: AugConfig):
+    config_class = VICRegConfig
+
+    def __init__(self, m: VICRegConfig, b: BackboneConfig, aug: AugConfig):
         super().__init__(m, b, aug)
         self.expander = mlp(self.encoder.out_channels, m.proj_hidden, m.proj_out, layers=3)
 

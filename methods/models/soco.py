@@ -9,22 +9,34 @@ where soco() is -2 x the mean cosine over each image's valid boxes.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
+from detlab.methods.config import AugConfig, BackboneConfig, MethodConfig
 from detlab.methods.heads import BoxNeck, mlp
 from detlab.methods.losses import soco_loss
 from detlab.methods.models.base import Method, embedding_std
-from detlab.platform.config import AugConfig, BackboneConfig, MethodConfig
 
 VIEWS = (("v1", "boxes1"), ("v2", "boxes2"), ("v3", "boxes3"))
 
 
+@dataclass
+class SoCoConfig(MethodConfig):
+    num_boxes: int = 4  # K proposals per image
+    fpn_channels: int = 256  # FPN width
+    roi_size: int = 7  # RoIAlign output size
+    head_hidden: int = 1024  # R-CNN head FC width
+
+
 class SoCo(Method):
     input_kind = "boxes"
+    config_class = SoCoConfig
 
-    def __init__(self, m: MethodConfig, b: BackboneConfig, aug: AugConfig):
+    def __init__(self, m: SoCoConfig, b: BackboneConfig, aug: AugConfig):
         super().__init__(m, b, aug)
+        self.num_boxes = m.num_boxes
         self.neck = BoxNeck(
             self.encoder.pyramid_channels, m.fpn_channels, m.roi_size, m.head_hidden, aug.resolution
         )

@@ -86,11 +86,10 @@ def test_ema_schedule_endpoints():
 
 def test_global_mask_detcon_s_equals_simclr():
     """With one global mask (M=1) DetCon-S is SimCLR: loss = NT-Xent summed over both views."""
-    extra = ("method.num_masks=1", "method.temperature=0.2")
     torch.manual_seed(0)
-    _, simclr = tiny("simclr", *extra)
+    _, simclr = tiny("simclr", "method.temperature=0.2")
     torch.manual_seed(0)
-    _, detcon = tiny("detcon_s", *extra)
+    _, detcon = tiny("detcon_s", "method.temperature=0.2", "method.num_masks=1")
     batch = batch_for(detcon)
     batch["mask1"] = torch.zeros_like(batch["mask1"])
     batch["mask2"] = torch.zeros_like(batch["mask2"])

@@ -195,8 +195,9 @@ def tiny_params():
         st["common"] = [
             "backbone=tiny", "optim=sgd", "optim.lr=0.05", "train.batch_size=8", "train.steps=3",
             "train.progress=false", "method.proj_hidden=32", "method.proj_out=16",
-            "method.pred_hidden=32", "method.num_masks=4", "eval.epochs=3",
+            "method.pred_hidden=32", "eval.epochs=3",
         ]  # fmt: skip
+        st["method_overrides"] = ["method.num_masks=4"]
         st["mask_quality"].update(masks=["grid", "gt", "global"], seeds=[0, 1], resolution=32,
                                   cells={"grid": [], "gt": [], "global": []})  # fmt: skip
         st["resolution"].update(masks=["gt"], resolutions=[40], seeds=[0], cells={"gt": []})

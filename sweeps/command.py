@@ -1,0 +1,21 @@
+"""``detlab sweep``: the sweep layer's command, added to the platform's CLI through the
+``detlab.commands`` entry point (pyproject.toml). Importing this also stores the sweep
+schema (``sweep/sweep_schema``), which the sweep YAMLs name."""
+
+from __future__ import annotations
+
+import detlab.sweeps.schema  # noqa: F401  (stores sweep/sweep_schema)
+from detlab.platform.cli import Command
+
+
+def run(cfg, sub: str | None, overrides: list[str], wait: bool) -> int:
+    from detlab.sweeps.driver import sweep_command
+
+    return sweep_command(cfg, sub=sub or "run", wait=wait, overrides=overrides)
+
+
+COMMAND = Command(
+    help="create/resume an Optuna sweep (sweep=<name>); `sweep status` reports it",
+    run=run,
+    subcommands=("status", "run", "worker"),
+)
