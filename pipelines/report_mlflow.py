@@ -9,7 +9,6 @@ study; chance levels as ``chance.<metric>``.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 STUDY_FILES = {"mask_quality": ("mask_quality.md", "mask_quality.png"),
@@ -44,21 +43,17 @@ def study_metrics(result: dict, study: str) -> dict[str, float]:
 
 def log_report(result: dict, out: Path, tracking_uri: str) -> list[str]:
     """Log each study's report to its parent run(s); return the run ids written to."""
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
+    from detlab.platform.tracking import log_artifact, log_metrics, set_tags
 
-    client = MlflowClient(tracking_uri)
     written = []
     for study, files in STUDY_FILES.items():
-        metrics = study_metrics(result, study)
-        ts = int(time.time() * 1000)
+        metrics = dict(sorted(study_metrics(result, study).items()))
         for run_id in sorted(parent_ids(result[study]["cells"], study)):
-            client.set_tag(run_id, "mlflow.note.content", (out / files[0]).read_text())
+            note = (out / files[0]).read_text()
+            set_tags(tracking_uri, run_id, {"mlflow.note.content": note})
             for name in (*files, "studies.json"):
                 if (out / name).exists():
-                    client.log_artifact(run_id, str(out / name), "report")
-            batch = [Metric(k, v, ts, 0) for k, v in sorted(metrics.items())]
-            for i in range(0, len(batch), 500):
-                client.log_batch(run_id, metrics=batch[i : i + 500])
+                    log_artifact(tracking_uri, run_id, out / name, "report")
+            log_metrics(tracking_uri, run_id, metrics, step=0)
             written.append(run_id)
     return written

@@ -135,17 +135,14 @@ def cell_overrides(params: dict, study: str, mask: str, seed: int, resolution: i
 
 def parent_run(tracking: TrackingConfig, study: str) -> str:
     """One MLflow parent run per study, found by tag or created once."""
-    from mlflow.tracking import MlflowClient
+    from detlab.platform.tracking import experiment_id, search_runs
 
-    from detlab.platform.tracking import experiment_id
-
-    client = MlflowClient(tracking.uri)
-    exp = experiment_id(client, tracking.experiment)
-    found = client.search_runs(
-        [exp], f"tags.`detlab.study` = '{study}' and tags.`detlab.role` = 'parent'"
+    exp = experiment_id(tracking.uri, tracking.experiment)
+    found = search_runs(
+        tracking.uri, [exp], f"tags.`detlab.study` = '{study}' and tags.`detlab.role` = 'parent'"
     )
     if found:
-        return found[0].info.run_id
+        return found[0].run_id
     cfg = TrackingConfig(
         uri=tracking.uri, experiment=tracking.experiment, run_name=f"study: {study}"
     )
@@ -212,9 +209,9 @@ def log_probes(logger: RunLogger, probed: dict, pictures: Path | None) -> None:
 
 def health(tracking_uri: str, run_id: str) -> dict[str, float]:
     """Learning health of a pretraining run: its last loss, collapse monitor and kNN."""
-    from mlflow.tracking import MlflowClient
+    from detlab.platform.tracking import get_run
 
-    logged = MlflowClient(tracking_uri).get_run(run_id).data.metrics
+    logged = get_run(tracking_uri, run_id).metrics
     return {("final_loss" if k == "loss" else k): float(logged[k]) for k in HEALTH if k in logged}
 
 
@@ -264,15 +261,16 @@ def run_cell(
     logger.finish("FINISHED")
     quality_file = Path(params.get("quality_dir", "metrics/mask_quality")) / f"{mask}.json"
     quality = json.loads(quality_file.read_text()) if quality_file.exists() else {}
-    from mlflow.tracking import MlflowClient
+    from detlab.platform.tracking import log_metrics, set_tags
 
-    client = MlflowClient(tracking_uri)  # the cell's row in the study: tags + mask quality
-    client.set_tag(run_id, "detlab.study", study)
-    client.set_tag(run_id, "detlab.cell", name)
-    client.set_tag(run_id, "detlab.role", "cell")
-    for q in ("abo", "recall50"):
-        if quality.get(q) is not None:
-            client.log_metric(run_id, f"mask_{q}", float(quality[q]))
+    # the cell's row in the study: tags + mask quality
+    set_tags(
+        tracking_uri, run_id, {"detlab.study": study, "detlab.cell": name, "detlab.role": "cell"}
+    )
+    mask_quality = {
+        f"mask_{q}": quality[q] for q in ("abo", "recall50") if quality.get(q) is not None
+    }
+    log_metrics(tracking_uri, run_id, mask_quality)
     record = {
         "study": study,
         "cell": name,

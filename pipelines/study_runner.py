@@ -193,24 +193,22 @@ def retire(uri: str, record: dict, why: str, keep: bool = False) -> int:
     """Tag the MLflow runs of ``record``'s cell ``detlab.role=<why>`` (all of them, or with
     ``keep`` all but the record's own), so filtering an experiment on
     ``tags.detlab.role = 'cell'`` counts every current cell once. Returns how many."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
+    from detlab.platform.tracking import TrackingError, get_run, search_runs, set_tags
 
-    client = MlflowClient(uri)
     current = record.get("mlflow_run_ids") or {record["study"]: record.get("mlflow_run_id")}
     role = "reference" if "mlflow_run_ids" in record else "cell"
     tagged = 0
     for run_id in filter(None, current.values()):
         try:
-            experiment = client.get_run(run_id).info.experiment_id
-        except MlflowException:  # a record from another tracking store
+            experiment = get_run(uri, run_id).experiment_id
+        except TrackingError:  # a record from another tracking store
             continue
         query = f"tags.`detlab.cell` = '{record['cell']}' and tags.`detlab.role` = '{role}'"
-        for old in client.search_runs([experiment], query):
-            if not (keep and old.info.run_id == run_id):
-                client.set_tag(old.info.run_id, "detlab.role", why)
+        for old in search_runs(uri, [experiment], query):
+            if not (keep and old.run_id == run_id):
+                set_tags(uri, old.run_id, {"detlab.role": why})
                 if keep:
-                    client.set_tag(old.info.run_id, "detlab.superseded_by", run_id)
+                    set_tags(uri, old.run_id, {"detlab.superseded_by": run_id})
                 tagged += 1
     return tagged
 
@@ -220,20 +218,20 @@ def end_parents(uri: str, parents: dict[str, str], failures: list[str]) -> None:
     reference, shared by both studies) failed, else FINISHED; the failures as a tag."""
     if not parents:
         return
-    from mlflow.tracking import MlflowClient
+    from detlab.platform.tracking import end_run, get_run, search_runs, set_tags
 
-    client = MlflowClient(uri)
     for study, run_id in parents.items():
         # every cell has ended: a child still RUNNING lost its process (a killed worker)
-        experiment = client.get_run(run_id).info.experiment_id
-        for child in client.search_runs(
-            [experiment], f"tags.mlflow.parentRunId = '{run_id}' and attributes.status = 'RUNNING'"
+        experiment = get_run(uri, run_id).experiment_id
+        for child in search_runs(
+            uri,
+            [experiment],
+            f"tags.mlflow.parentRunId = '{run_id}' and attributes.status = 'RUNNING'",
         ):
-            client.set_tag(child.info.run_id, "failure_reason", "its process ended mid-run")
-            client.set_terminated(child.info.run_id, status="KILLED")
+            end_run(uri, child.run_id, "KILLED", reason="its process ended mid-run")
         mine = [f for f in failures if f.startswith((f"{study} ", f"{REFERENCES_DIR} "))]
-        client.set_tag(run_id, "detlab.failed_cells", "; ".join(mine)[:5000] or "none")
-        client.set_terminated(run_id, status="FAILED" if mine else "FINISHED")
+        set_tags(uri, run_id, {"detlab.failed_cells": "; ".join(mine)[:5000] or "none"})
+        end_run(uri, run_id, status="FAILED" if mine else "FINISHED")
 
 
 def run_studies(
@@ -260,15 +258,14 @@ def run_studies(
           f"{jobs} at a time", file=out, flush=True)  # fmt: skip
     parents, links = {}, {}
     if todo:  # the parent runs exist before workers look them up (no race to create them)
-        from mlflow.tracking import MlflowClient
+        from detlab.platform.tracking import get_run, mark_running, set_experiment_tag
 
-        client = MlflowClient(uri)
         for study in STUDIES:
             parents[study] = parent_run(TrackingConfig(uri=uri, experiment=f"study-{study}"), study)
-            client.update_run(parents[study], status="RUNNING")  # children coming
-            experiment = client.get_run(parents[study]).info.experiment_id
-            client.set_experiment_tag(experiment, "mlflow.note.content", description(st, study))
-            links[study] = install_view(client, experiment)
+            mark_running(uri, parents[study])  # children coming
+            experiment = get_run(uri, parents[study]).experiment_id
+            set_experiment_tag(uri, experiment, "mlflow.note.content", description(st, study))
+            links[study] = install_view(uri, experiment)
     failures: list[str] = []
     t0 = time.time()
 

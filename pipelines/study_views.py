@@ -90,19 +90,21 @@ def view_state() -> dict:
     }
 
 
-def install_view(client, experiment_id: str) -> str:
-    """Write (or update) the study view on ``experiment_id``; returns the URL fragment that
-    opens it."""
+def install_view(uri: str, experiment_id: str) -> str:
+    """Write (or update) the study view on ``experiment_id`` in the tracking store ``uri``;
+    returns the URL fragment that opens it."""
+    from detlab.platform.tracking import experiment_tags, set_experiment_tag
+
     key = TAG_PREFIX + VIEW_ID
     now = int(time.time() * 1000)
     created = now
-    old = client.get_experiment(experiment_id).tags.get(key)
+    old = experiment_tags(uri, experiment_id).get(key)
     if old:
         with contextlib.suppress(ValueError, AttributeError, TypeError):
             created = int(json.loads(old).get("createdAt", now))
     envelope = {"name": VIEW_NAME, "createdAt": created, "updatedAt": now,
                 "state": json.dumps(view_state())}  # fmt: skip
-    client.set_experiment_tag(experiment_id, key, json.dumps(envelope))
+    set_experiment_tag(uri, experiment_id, key, json.dumps(envelope))
     return view_link(experiment_id)
 
 

@@ -128,16 +128,16 @@ def resolve(path_or_run_id: str, tracking_uri: str | None = None) -> dict[str, A
     """Load a checkpoint from a file/folder, or from an MLflow run id (tag detlab.checkpoint)."""
     if Path(path_or_run_id).exists():
         return load(path_or_run_id)
-    from mlflow.tracking import MlflowClient
+    from detlab.platform.tracking import get_run
 
     try:
-        run = MlflowClient(tracking_uri).get_run(path_or_run_id)
+        run = get_run(tracking_uri, path_or_run_id)
     except Exception as exc:
         raise CheckpointError(
             f"checkpoint={path_or_run_id!r} is neither an existing file nor an MLflow run id "
             f"in {tracking_uri}: {exc}"
         ) from None
-    ckpt = run.data.tags.get("detlab.checkpoint")
+    ckpt = run.tags.get("detlab.checkpoint")
     if not ckpt:
         raise CheckpointError(f"MLflow run {path_or_run_id} has no detlab.checkpoint tag")
     state = load(ckpt)

@@ -23,13 +23,12 @@ def logged_run(run_id: str | None, tracking_uri: str) -> str | None:
     results are then printed only: a checkpoint copied from elsewhere still evaluates)."""
     if not run_id:
         return None
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
+    from detlab.platform.tracking import TrackingError, get_run
 
     try:
-        MlflowClient(tracking_uri).get_run(run_id)
+        get_run(tracking_uri, run_id)
         return run_id
-    except MlflowException:
+    except TrackingError:
         print(
             f"detlab eval: warning: the checkpoint's MLflow run {run_id} is not in "
             f"tracking.uri={tracking_uri}; results are printed, not logged (set tracking.uri "
@@ -40,8 +39,6 @@ def logged_run(run_id: str | None, tracking_uri: str) -> str | None:
 
 
 def eval_command(cfg: DictConfig) -> int:
-    from mlflow.tracking import MlflowClient
-
     from detlab.methods.eval import EvalError, run_eval
     from detlab.pipelines.datasets import DatasetError
     from detlab.platform.checkpoint import CheckpointError, check_backbone, resolve
@@ -81,15 +78,14 @@ def eval_command(cfg: DictConfig) -> int:
         print(f"  {key:<24} {value:.4f}")
     if run_id:
         from detlab.methods.eval import eval_params
-        from detlab.platform.tracking import log_new_params
+        from detlab.platform import tracking
 
-        client = MlflowClient(cfg.tracking.uri)
-        for key, value in metrics.items():
-            client.log_metric(run_id, key, value, step=int(state.get("step") or 0))
+        uri = cfg.tracking.uri
+        tracking.log_metrics(uri, run_id, metrics, step=int(state.get("step") or 0))
         # params are write-once in MLflow: a repeated eval keeps its first settings there
-        log_new_params(client, run_id, eval_params(cfg.eval))
-        client.set_tag(run_id, f"detlab.eval.{cfg.eval.name}", f"{seconds:.1f}s")
+        tracking.log_params(uri, run_id, eval_params(cfg.eval))
+        tracking.set_tags(uri, run_id, {f"detlab.eval.{cfg.eval.name}": f"{seconds:.1f}s"})
         for path in sorted(out_dir.glob("*.png")):
-            client.log_artifact(run_id, str(path), f"eval/{cfg.eval.name}")
+            tracking.log_artifact(uri, run_id, path, f"eval/{cfg.eval.name}")
         print(f"logged to MLflow run {run_id} ({cfg.tracking.uri})")
     return 0

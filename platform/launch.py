@@ -213,9 +213,7 @@ def resumed_run_id(cfg: DictConfig) -> str | None:
 
 def submit(cfg: DictConfig):
     """Validate, create the MLflow run, submit; returns (job, run_id)."""
-    from mlflow.tracking import MlflowClient
-
-    from detlab.platform.tracking import create_run
+    from detlab.platform.tracking import create_run, set_tags
     from detlab.platform.train import resolve_out_dir, resolve_run_name
 
     partition = validate_slurm(cfg.cluster)
@@ -232,7 +230,7 @@ def submit(cfg: DictConfig):
         cfg.cluster, Path(cfg.cluster.log_dir).resolve(), f"detlab-{cfg.method.name}"
     )
     job = ex.submit(PretrainJob(), to_yaml(cfg))
-    MlflowClient(cfg.tracking.uri).set_tag(cfg.tracking.run_id, "detlab.slurm_job", job.job_id)
+    set_tags(cfg.tracking.uri, cfg.tracking.run_id, {"detlab.slurm_job": job.job_id})
     register({"job_id": job.job_id, "run_id": cfg.tracking.run_id, "uri": cfg.tracking.uri,
               "log": str(job.paths.stdout).replace("%t", "0"), "out_dir": str(out_dir),
               "method": cfg.method.name, "submitted": time.time()})  # fmt: skip
@@ -248,16 +246,15 @@ def sacct_state(job_id: str, cluster: DictConfig) -> str:
 def follow(job, run_id: str, cfg: DictConfig) -> str:
     """Wait for the job's final SLURM state (through requeues) with a progress bar; a run
     that its failed job left RUNNING is ended with the reason."""
-    from mlflow.tracking import MlflowClient
+    from detlab.platform.tracking import metric_history
 
-    client = MlflowClient(cfg.tracking.uri)
     bar = Progress(cfg.train.steps, f"job {job.job_id}")
     state = "PENDING"
     while True:
         state = sacct_state(job.job_id, cfg.cluster)
-        hist = client.get_metric_history(run_id, "loss") if run_id else []
+        hist = metric_history(cfg.tracking.uri, run_id, "loss") if run_id else []
         bar.set(state=state)
-        bar.goto(max([m.step for m in hist], default=0))
+        bar.goto(max([step for step, _ in hist], default=0))
         if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL"):
             bar.close()
             if state != "COMPLETED":  # a job killed hard could not close its run
@@ -358,7 +355,7 @@ def store_reachable(uri: str, timeout_s: float = 3.0) -> bool:
 def jobs_command(cfg: DictConfig) -> int:
     """detlab's jobs with their SLURM state (sacct), MLflow run status and log path. Runs
     left RUNNING by a job or process that is gone are marked FAILED/KILLED first."""
-    from mlflow.tracking import MlflowClient
+    from detlab.platform.tracking import get_run
 
     entries = []
     if registry().exists():
@@ -382,7 +379,7 @@ def jobs_command(cfg: DictConfig) -> int:
         run_status = "?"
         if e["uri"] in reachable:
             with contextlib.suppress(Exception):  # a run deleted from its store
-                run_status = MlflowClient(e["uri"]).get_run(e["run_id"]).info.status
+                run_status = get_run(e["uri"], e["run_id"]).status
         print(f"{e['job_id']:>8}  {state:<12} {e['method']:<10} {e['run_id']:<34} "
               f"{run_status:<10} {e['log']}")  # fmt: skip
     return 0

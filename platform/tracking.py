@@ -1,5 +1,9 @@
 """MLflow tracking for runs: open or continue a run, log params/metrics/artifacts, close.
 
+The only module that talks to MLflow (tests/platform/test_tracking.py checks that no other
+imports it): callers name a store by its URI and a run by its id, and get plain values
+back (:class:`TrackedRun`, dicts, lists), never an MLflow object.
+
 Only rank 0 talks to MLflow; other ranks get a :class:`RunLogger` that does nothing.
 Uses ``MlflowClient`` with an explicit run id (no global "active run" state), so a sweep
 worker or a requeued job can continue exactly the run it was given.
@@ -7,9 +11,11 @@ worker or a requeued job can continue exactly the run it was given.
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -55,7 +61,7 @@ def git_commit(cwd: str | Path = ".") -> str:
         return "unknown"
 
 
-def experiment_id(client: MlflowClient, name: str) -> str:
+def _experiment_id(client: MlflowClient, name: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
@@ -74,12 +80,12 @@ def create_run(cfg: TrackingConfig, tags: dict[str, str] | None = None) -> str:
     if cfg.parent_run_id:
         all_tags["mlflow.parentRunId"] = cfg.parent_run_id
     run = client.create_run(
-        experiment_id(client, cfg.experiment), run_name=cfg.run_name, tags=all_tags
+        _experiment_id(client, cfg.experiment), run_name=cfg.run_name, tags=all_tags
     )
     return run.info.run_id
 
 
-def log_new_params(client: MlflowClient, run_id: str, params: dict[str, object]) -> None:
+def _log_new_params(client: MlflowClient, run_id: str, params: dict[str, object]) -> None:
     """Log the params the run does not have yet (MLflow params are write-once)."""
     existing = client.get_run(run_id).data.params
     new = [Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in params.items() if k not in existing]
@@ -116,7 +122,7 @@ class RunLogger:
 
     def log_params(self, params: dict[str, object]) -> None:
         if self.active:
-            log_new_params(self.client, self.run_id, params)
+            _log_new_params(self.client, self.run_id, params)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         if self.active:
@@ -152,6 +158,130 @@ class RunLogger:
         """Leave the run RUNNING-but-detached for a requeued job to continue."""
         if self.active:
             self.client.set_tag(self.run_id, "detlab.state", "requeued")
+
+
+# -------------------------------------------------- one run, by store URI and run id
+# For code that reads or writes a run it does not own as a RunLogger: a launcher, a sweep,
+# a study. ``uri`` None is MLflow's default store. The store's refusals (an unknown run, a
+# bad filter) raise TrackingError.
+
+
+class TrackingError(Exception):
+    """The tracking store refused a request (an unknown run id, a bad filter string...)."""
+
+
+def _store_call(fn):
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except mlflow.exceptions.MlflowException as exc:
+            raise TrackingError(str(exc)) from exc
+
+    return call
+
+
+def _client(uri: str | None) -> MlflowClient:
+    return MlflowClient(uri)  # cheap: MLflow keeps one store per URI
+
+
+@dataclass(frozen=True)
+class TrackedRun:
+    """A run as the store held it when read (a copy: later writes do not show)."""
+
+    run_id: str
+    experiment_id: str
+    status: str  # RUNNING, FINISHED, FAILED, KILLED or SCHEDULED
+    metrics: dict[str, float]  # each metric's latest value
+    params: dict[str, str]
+    tags: dict[str, str]
+
+
+def _tracked(run) -> TrackedRun:
+    info, data = run.info, run.data
+    return TrackedRun(info.run_id, info.experiment_id, info.status, dict(data.metrics),
+                      dict(data.params), dict(data.tags))  # fmt: skip
+
+
+@_store_call
+def get_run(uri: str | None, run_id: str) -> TrackedRun:
+    """The run ``run_id``; TrackingError when the store does not hold it."""
+    return _tracked(_client(uri).get_run(run_id))
+
+
+@_store_call
+def search_runs(uri: str, experiment_ids: list[str], filter_string: str = "") -> list[TrackedRun]:
+    """The runs of the experiments that match ``filter_string`` (MLflow's search syntax),
+    newest first; at most 1000, MLflow's default page."""
+    return [_tracked(r) for r in _client(uri).search_runs(experiment_ids, filter_string)]
+
+
+@_store_call
+def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    """Every (step, value) logged for metric ``key`` in the run."""
+    return [(m.step, m.value) for m in _client(uri).get_metric_history(run_id, key)]
+
+
+@_store_call
+def experiment_id(uri: str, name: str) -> str:
+    """The id of the experiment ``name``, created when it does not exist yet."""
+    return _experiment_id(_client(uri), name)
+
+
+@_store_call
+def experiment_tags(uri: str, experiment_id: str) -> dict[str, str]:
+    return dict(_client(uri).get_experiment(experiment_id).tags)
+
+
+@_store_call
+def set_experiment_tag(uri: str, experiment_id: str, key: str, value: str) -> None:
+    _client(uri).set_experiment_tag(experiment_id, key, value)
+
+
+@_store_call
+def set_tags(uri: str, run_id: str, tags: dict[str, object]) -> None:
+    """Set each tag (values as strings), replacing what the run had under that key."""
+    client = _client(uri)
+    for key, value in tags.items():
+        client.set_tag(run_id, key, str(value))
+
+
+@_store_call
+def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+    """One value per metric at ``step``, all with this moment's timestamp."""
+    client, ts = _client(uri), int(time.time() * 1000)
+    batch = [Metric(k, float(v), ts, step) for k, v in metrics.items()]
+    for i in range(0, len(batch), 500):  # MLflow takes at most 1000 per request
+        client.log_batch(run_id, metrics=batch[i : i + 500])
+
+
+@_store_call
+def log_params(uri: str, run_id: str, params: dict[str, object]) -> None:
+    """The params the run does not have yet (MLflow params are write-once: a key it has
+    keeps its first value)."""
+    _log_new_params(_client(uri), run_id, params)
+
+
+@_store_call
+def log_artifact(uri: str, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+    """Copy the file ``path`` into the run's artifacts (under ``artifact_path``)."""
+    _client(uri).log_artifact(run_id, str(path), artifact_path)
+
+
+@_store_call
+def mark_running(uri: str, run_id: str) -> None:
+    """Set the run's status back to RUNNING (a parent whose children are coming)."""
+    _client(uri).update_run(run_id, status="RUNNING")
+
+
+@_store_call
+def end_run(uri: str, run_id: str, status: str = "FINISHED", reason: str | None = None) -> None:
+    """End the run with ``status`` and its end time; ``reason`` (why it FAILED or was
+    KILLED) as its ``failure_reason`` tag."""
+    client = _client(uri)
+    if reason:
+        client.set_tag(run_id, STALE_REASON, reason)
+    client.set_terminated(run_id, status=status)
 
 
 # ------------------------------------------------------------------ stale-run reconciliation

@@ -108,11 +108,9 @@ def create_or_resume(sweep: DictConfig, base: DictConfig, url: str, overrides: l
         study.set_user_attr("enqueued", max(enqueued, int(sweep.n_trials)))
     waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
     if waiting:  # a resumed sweep with work left: its parent runs again until status ends it
-        from mlflow.tracking import MlflowClient
+        from detlab.platform.tracking import mark_running
 
-        MlflowClient(study.user_attrs["tracking_uri"]).update_run(
-            study.user_attrs["parent_run_id"], status="RUNNING"
-        )
+        mark_running(study.user_attrs["tracking_uri"], study.user_attrs["parent_run_id"])
     return study
 
 
@@ -194,16 +192,15 @@ def end_parent(study: optuna.Study, info: dict) -> None:
     states = info["states"]
     if states.get("WAITING") or states.get("RUNNING") or "parent_run_id" not in study.user_attrs:
         return
-    from mlflow.tracking import MlflowClient
+    from detlab.platform.tracking import end_run, log_metrics, set_tags
 
-    client = MlflowClient(study.user_attrs["tracking_uri"])
-    parent = study.user_attrs["parent_run_id"]
+    uri, parent = study.user_attrs["tracking_uri"], study.user_attrs["parent_run_id"]
     best = info["best"]
     if best:
-        client.log_metric(parent, "best_value", float(best["value"]))
-        client.set_tag(parent, "best_trial", str(best["trial"]))
-        client.set_tag(parent, "best_params", json.dumps(best["params"], sort_keys=True))
-    client.set_terminated(parent, status="FINISHED" if best else "FAILED")
+        log_metrics(uri, parent, {"best_value": best["value"]})
+        set_tags(uri, parent, {"best_trial": best["trial"],
+                               "best_params": json.dumps(best["params"], sort_keys=True)})  # fmt: skip
+    end_run(uri, parent, status="FINISHED" if best else "FAILED")
 
 
 def end_stale_runs(study: optuna.Study, cluster: DictConfig) -> None:
@@ -222,8 +219,9 @@ def log_study_plots(study: optuna.Study) -> list[str]:
     matplotlib.use("Agg")
     import warnings
 
-    from mlflow.tracking import MlflowClient
     from optuna.visualization import matplotlib as ovm
+
+    from detlab.platform.tracking import log_artifact
 
     folder = Path(study.user_attrs["out_dir"]) / "plots"
     folder.mkdir(parents=True, exist_ok=True)
@@ -242,9 +240,9 @@ def log_study_plots(study: optuna.Study) -> list[str]:
             path = folder / f"{name}.png"
             fig.savefig(path, dpi=110, bbox_inches="tight")
             written.append(str(path))
-    client = MlflowClient(study.user_attrs["tracking_uri"])
     for path in written:
-        client.log_artifact(study.user_attrs["parent_run_id"], path, "plots")
+        log_artifact(study.user_attrs["tracking_uri"], study.user_attrs["parent_run_id"], path,
+                     "plots")  # fmt: skip
     return written
 
 

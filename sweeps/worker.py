@@ -199,9 +199,7 @@ def run_trial(
 
 
 def _run_trial(study, storage, trial_id, number, worker_id, beat, publish, stop_requested):
-    from mlflow.tracking import MlflowClient
-
-    from detlab.platform.tracking import create_run
+    from detlab.platform.tracking import create_run, log_metrics, set_tags
     from detlab.platform.train import train
 
     attrs = study.user_attrs
@@ -235,10 +233,9 @@ def _run_trial(study, storage, trial_id, number, worker_id, beat, publish, stop_
         run_id = create_run(cfg.tracking, tags)
         trial.set_user_attr("mlflow_run_id", run_id)
     cfg.tracking.run_id = run_id
-    client = MlflowClient(cfg.tracking.uri)
-    for name, value in values.items():
-        client.set_tag(run_id, f"param.{name}", str(value))
-    client.set_tag(run_id, "optuna.trial_number", str(number))
+    uri = cfg.tracking.uri
+    set_tags(uri, run_id, {**{f"param.{k}": v for k, v in values.items()},
+                           "optuna.trial_number": number})  # fmt: skip
     if publish is not None:  # rank 0 of a multi-task trial: same config, fresh port
         from detlab.platform.compose import to_yaml
 
@@ -264,7 +261,7 @@ def _run_trial(study, storage, trial_id, number, worker_id, beat, publish, stop_
             return TrialState.RUNNING
         if result.status == "halted":  # pruned by report()
             study.tell(trial, state=TrialState.PRUNED)
-            client.set_tag(run_id, "optuna.state", "PRUNED")
+            set_tags(uri, run_id, {"optuna.state": "PRUNED"})
             return TrialState.PRUNED
         value, extra = objective_value(cfg, result, sweep.objective)
     except (UpdateFinishedTrialError, TrialLost):
@@ -274,32 +271,32 @@ def _run_trial(study, storage, trial_id, number, worker_id, beat, publish, stop_
             raise TrialLost(number) from exc
         storage.set_trial_system_attr(trial_id, "fail_reason", f"{exc}"[:1000])
         study.tell(trial, state=TrialState.FAIL)
-        client.set_tag(run_id, "optuna.state", "FAIL")
+        set_tags(uri, run_id, {"optuna.state": "FAIL"})
         RetryHeartbeatStaleTrialCallback(sweep.max_retries, inherit_intermediate_values=True)(
             study, storage.get_trial(trial_id)
         )
         print(f"[worker {worker_id}] trial {number} failed: {exc}", flush=True)
         return TrialState.FAIL
-    for k, v in extra.items():  # downstream metrics of the objective's protocol
-        client.log_metric(run_id, k, float(v))
+    log_metrics(uri, run_id, extra)  # downstream metrics of the objective's protocol
     study.tell(trial, value)
-    client.set_tag(run_id, "optuna.state", "COMPLETE")
-    client.log_metric(run_id, "objective", value)
-    update_parent(study, client)
+    set_tags(uri, run_id, {"optuna.state": "COMPLETE"})
+    log_metrics(uri, run_id, {"objective": value})
+    update_parent(study)
     print(f"[worker {worker_id}] trial {number} {values} -> {value:.4f}", flush=True)
     return TrialState.COMPLETE
 
 
-def update_parent(study: optuna.Study, client) -> None:
+def update_parent(study: optuna.Study) -> None:
     """Best value so far (one point per finished trial) and best params on the parent run."""
-    parent = study.user_attrs["parent_run_id"]
+    from detlab.platform.tracking import log_metrics, set_tags
+
+    uri, parent = study.user_attrs["tracking_uri"], study.user_attrs["parent_run_id"]
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not done:
         return
     best = study.best_trial
-    client.log_metric(parent, "best_value", best.value, step=len(done))
-    client.set_tag(parent, "best_params", json.dumps(best.params))
-    client.set_tag(parent, "best_trial", str(best.number))
+    log_metrics(uri, parent, {"best_value": best.value}, step=len(done))
+    set_tags(uri, parent, {"best_params": json.dumps(best.params), "best_trial": best.number})
 
 
 def work(

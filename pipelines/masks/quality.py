@@ -107,24 +107,18 @@ def plot_examples(store: MaskStore, dataset, path: Path, n: int = 6) -> Path:
 
 
 def log_to_mlflow(uri: str, store: MaskStore, metrics: dict, plot: Path | None) -> str:
-    from mlflow.tracking import MlflowClient
+    from detlab.platform.config import TrackingConfig
+    from detlab.platform.tracking import create_run, end_run, log_artifact, log_metrics, log_params
 
-    from detlab.platform.tracking import experiment_id
-
-    client = MlflowClient(uri)
     name = store.meta["generator"]
-    run = client.create_run(experiment_id(client, "mask-quality"), run_name=name,
-                            tags={"detlab.masks_fingerprint": store.meta["fingerprint"],
-                                  "detlab.data_fingerprint": store.meta["dataset_fingerprint"]})  # fmt: skip
-    rid = run.info.run_id
-    for k, v in store.meta["params"].items():
-        client.log_param(rid, k, v)
-    client.log_param(rid, "generator", name)
-    for k, v in metrics.items():
-        client.log_metric(rid, k, float(v))
+    rid = create_run(TrackingConfig(uri=uri, experiment="mask-quality", run_name=name),
+                     tags={"detlab.masks_fingerprint": store.meta["fingerprint"],
+                           "detlab.data_fingerprint": store.meta["dataset_fingerprint"]})  # fmt: skip
+    log_params(uri, rid, {**store.meta["params"], "generator": name})
+    log_metrics(uri, rid, metrics)
     if plot is not None:
-        client.log_artifact(rid, str(plot))
-    client.set_terminated(rid)
+        log_artifact(uri, rid, plot)
+    end_run(uri, rid)
     return rid
 
 

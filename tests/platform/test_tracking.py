@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import socket
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from detlab.platform.tracking import git_commit
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def git(repo, *args):
@@ -147,3 +151,186 @@ def test_reconcile_does_not_create_a_missing_store(tmp_path):
 
     assert reconcile(f"sqlite:///{tmp_path}/none.db") == []
     assert not (tmp_path / "none.db").exists()
+
+
+# ------------------------------------------- all MLflow access through the tracking module
+
+SOURCE_FOLDERS = ("methods", "platform", "sweeps", "pipelines")
+TRACKING_MODULES = {"platform/tracking.py"}  # the only modules that may import mlflow
+
+
+def called(call: ast.Call) -> str | None:
+    """The name a call calls: ``f`` of ``f(...)`` and of ``x.f(...)``."""
+    return getattr(call.func, "attr", None) or getattr(call.func, "id", None)
+
+
+def imports_mlflow(source: str) -> bool:
+    """Whether the module imports mlflow anywhere (top level, in a function, in a try)."""
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [node.module or ""] if node.level == 0 else []
+        elif isinstance(node, ast.Call) and called(node) in ("import_module", "__import__"):
+            names = [a.value for a in node.args[:1] if isinstance(a, ast.Constant)]
+        else:
+            continue
+        if any(n == "mlflow" or str(n).startswith("mlflow.") for n in names):
+            return True
+    return False
+
+
+def mlflow_importers(root: Path = REPO) -> list[str]:
+    found = []
+    for folder in SOURCE_FOLDERS:
+        for path in sorted((root / folder).rglob("*.py")):
+            rel = path.relative_to(root).as_posix()
+            if rel not in TRACKING_MODULES and imports_mlflow(path.read_text()):
+                found.append(rel)
+    return found
+
+
+def test_no_module_but_the_tracking_module_imports_mlflow():
+    offenders = mlflow_importers()
+    assert not offenders, (
+        f"{', '.join(offenders)} import(s) mlflow: go through detlab.platform.tracking "
+        "(add the function it needs there)"
+    )
+
+
+def test_the_check_finds_an_mlflow_import_at_any_depth(tmp_path):
+    planted = {
+        "platform/tracking.py": "import mlflow\n",  # allowed
+        "platform/ok.py": "from detlab.platform import tracking\nmlflow = 1\n",
+        "pipelines/nested.py": "def f():\n    if True:\n        from mlflow.entities import Metric\n",
+        "sweeps/aliased.py": "try:\n    import json, mlflow.tracking as t\nexcept ImportError:\n    pass\n",
+        "methods/dynamic.py": "import importlib\nimportlib.import_module('mlflow.exceptions')\n",
+        "methods/relative.py": "from .mlflow import x\n",  # a local module, not MLflow
+    }  # fmt: skip
+    for rel, text in planted.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    assert mlflow_importers(tmp_path) == [
+        "methods/dynamic.py", "sweeps/aliased.py", "pipelines/nested.py"
+    ]  # fmt: skip
+
+
+# ---------------------------------------------- the run functions, against a real store
+
+
+@pytest.fixture(scope="module")
+def uri(tmp_path_factory) -> str:
+    """A SQLite store whose experiment "t" keeps its artifacts in the temporary folder."""
+    from mlflow.tracking import MlflowClient
+
+    root = tmp_path_factory.mktemp("tracking")
+    uri = f"sqlite:///{root}/mlflow.db"
+    MlflowClient(uri).create_experiment("t", artifact_location=(root / "artifacts").as_uri())
+    return uri
+
+
+@pytest.fixture
+def run_id(uri) -> str:
+    from detlab.platform.config import TrackingConfig
+    from detlab.platform.tracking import create_run
+
+    return create_run(TrackingConfig(uri=uri, experiment="t"))
+
+
+def test_tags_metrics_and_params_are_read_back(uri, run_id):
+    from detlab.platform import tracking
+
+    tracking.set_tags(uri, run_id, {"detlab.role": "cell", "n": 3})
+    tracking.log_metrics(uri, run_id, {"loss": 0.5, "acc": 2}, step=3)
+    tracking.log_metrics(uri, run_id, {"loss": 0.25}, step=4)
+    tracking.log_params(uri, run_id, {"lr": 0.1, "long": "x" * 600})
+    tracking.log_params(uri, run_id, {"lr": 0.2, "new": True})  # lr is written once
+    run = tracking.get_run(uri, run_id)
+    assert run.run_id == run_id and run.status == "RUNNING"
+    assert run.experiment_id == tracking.experiment_id(uri, "t")
+    assert run.tags["detlab.role"] == "cell" and run.tags["n"] == "3"
+    assert run.metrics == {"loss": 0.25, "acc": 2.0}  # each metric's latest value
+    assert tracking.metric_history(uri, run_id, "loss") == [(3, 0.5), (4, 0.25)]
+    assert tracking.metric_history(uri, run_id, "never") == []
+    assert run.params == {"lr": "0.1", "long": "x" * tracking.MAX_PARAM_LEN, "new": "True"}
+    tracking.set_tags(uri, run_id, {"detlab.role": "superseded"})
+    assert tracking.get_run(uri, run_id).tags["detlab.role"] == "superseded"
+
+
+def test_more_metrics_than_one_request_takes_are_all_logged(uri, run_id):
+    from detlab.platform import tracking
+
+    metrics = {f"m{i}": float(i) for i in range(1201)}  # MLflow: 1000 per batch at most
+    tracking.log_metrics(uri, run_id, metrics)
+    assert tracking.get_run(uri, run_id).metrics == metrics
+    assert tracking.metric_history(uri, run_id, "m1200") == [(0, 1200.0)]
+
+
+def test_a_run_is_ended_with_its_reason_and_reopened(uri, run_id):
+    from detlab.platform import tracking
+
+    tracking.end_run(uri, run_id, "KILLED", reason="its process ended mid-run")
+    run = tracking.get_run(uri, run_id)
+    assert run.status == "KILLED"
+    assert run.tags[tracking.STALE_REASON] == "its process ended mid-run"
+    tracking.mark_running(uri, run_id)
+    assert tracking.get_run(uri, run_id).status == "RUNNING"
+    tracking.end_run(uri, run_id)
+    assert tracking.get_run(uri, run_id).status == "FINISHED"
+
+
+def test_search_runs_filters_an_experiments_runs(uri):
+    from detlab.platform import tracking
+    from detlab.platform.config import TrackingConfig
+
+    cfg = TrackingConfig(uri=uri, experiment="search")
+    cell = tracking.create_run(cfg, {"detlab.role": "cell"})
+    parent = tracking.create_run(cfg, {"detlab.role": "parent"})
+    exp = tracking.experiment_id(uri, "search")
+    tracking.end_run(uri, parent)
+    found = tracking.search_runs(uri, [exp], "tags.`detlab.role` = 'cell'")
+    assert [r.run_id for r in found] == [cell]
+    assert found[0].tags["detlab.role"] == "cell" and found[0].experiment_id == exp
+    assert {r.run_id for r in tracking.search_runs(uri, [exp])} == {cell, parent}
+    running = tracking.search_runs(uri, [exp], "attributes.status = 'RUNNING'")
+    assert [r.run_id for r in running] == [cell]
+
+
+def test_an_experiment_is_created_once_and_keeps_its_tags(uri):
+    from detlab.platform import tracking
+
+    exp = tracking.experiment_id(uri, "tagged")
+    assert tracking.experiment_id(uri, "tagged") == exp
+    assert "view" not in tracking.experiment_tags(uri, exp)
+    tracking.set_experiment_tag(uri, exp, "view", '{"a": 1}')
+    assert tracking.experiment_tags(uri, exp)["view"] == '{"a": 1}'
+
+
+def test_an_artifact_is_copied_into_the_run(uri, run_id, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from detlab.platform import tracking
+
+    (tmp_path / "note.md").write_text("# report\n")
+    tracking.log_artifact(uri, run_id, tmp_path / "note.md", "report")
+    tracking.log_artifact(uri, run_id, str(tmp_path / "note.md"))
+    client = MlflowClient(uri)
+    assert [a.path for a in client.list_artifacts(run_id, "report")] == ["report/note.md"]
+    assert [a.path for a in client.list_artifacts(run_id) if not a.is_dir] == ["note.md"]
+    copy = client.download_artifacts(run_id, "report/note.md", str(tmp_path / "back"))
+    assert Path(copy).read_text() == "# report\n"
+
+
+def test_the_stores_refusals_raise_tracking_error(uri):
+    from mlflow.exceptions import MlflowException
+
+    from detlab.platform import tracking
+
+    with pytest.raises(tracking.TrackingError, match="0123") as missing:
+        tracking.get_run(uri, "0123" * 8)
+    assert isinstance(missing.value.__cause__, MlflowException)
+    exp = tracking.experiment_id(uri, "t")
+    with pytest.raises(tracking.TrackingError):
+        tracking.search_runs(uri, [exp], "this is not a filter")
+    with pytest.raises(tracking.TrackingError):
+        tracking.set_tags(uri, "0123" * 8, {"a": "b"})
