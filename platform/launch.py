@@ -1,9 +1,10 @@
 """Where a run executes: in this process, through submitit's local executor, or as a
 (multi-node) SLURM job that checkpoints and requeues itself on timeout or preemption.
 
-Only this module knows about SLURM: the job callable turns submitit's environment into
-torch's standard variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) and
-calls ``train(cfg)``, which behaves exactly as it does locally.
+Only the platform knows about SLURM: this module validates requests and submits; the job
+(``detlab.platform.job.SlurmJob``, shared with sweep workers) turns submitit's environment
+into torch's standard variables and calls ``train(cfg)``, which behaves exactly as it does
+locally.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import contextlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +22,7 @@ import submitit
 from omegaconf import DictConfig, OmegaConf
 
 from detlab.platform.compose import to_yaml
+from detlab.platform.job import SlurmJob
 from detlab.platform.progress import Progress
 
 
@@ -125,47 +126,18 @@ def validate_slurm(cluster: DictConfig) -> str:
 # ------------------------------------------------------------------------- the job
 
 
-class PretrainJob(submitit.helpers.Checkpointable):
-    """A pretraining job: checkpoints and requeues on USR2 (time limit), checkpoints on
-    SIGTERM (preemption, `scontrol requeue`: SLURM requeues it), resumes from the checkpoint
-    and continues the same MLflow run."""
+class PretrainJob(SlurmJob):
+    """A pretraining run in the platform's SLURM job: checkpoints and requeues on USR2 (time
+    limit), checkpoints on SIGTERM (preemption, `scontrol requeue`: SLURM requeues it),
+    resumes from the checkpoint and continues the same MLflow run."""
 
-    def __call__(self, cfg_yaml: str):
+    def run(self, env, stop, cfg_yaml: str):
         from detlab.platform.train import train
 
-        cfg = OmegaConf.create(cfg_yaml)
-        env = submitit.JobEnvironment()
-        os.environ.update(
-            RANK=str(env.global_rank),
-            WORLD_SIZE=str(env.num_tasks),
-            LOCAL_RANK=str(env.local_rank),
-            MASTER_ADDR=env.hostnames[0],
-            MASTER_PORT=str(20000 + int(str(env.job_id).split("_")[0]) % 20000),
-        )
-        got: dict[str, int] = {}
+        return train(OmegaConf.create(cfg_yaml), stop_requested=stop)
 
-        def on_signal(signum, frame):  # noqa: ARG001 (signal handler signature)
-            got.setdefault("signal", signum)
-
-        signal.signal(signal.SIGUSR2, on_signal)  # replaces submitit's: we stop at a step
-        signal.signal(signal.SIGTERM, on_signal)
-        node = os.environ.get("SLURMD_NODENAME", env.hostname)
-        print(f"rank {env.global_rank}/{env.num_tasks} on {node} (job {env.job_id})",
-              flush=True)  # fmt: skip
-        result = train(cfg, stop_requested=lambda: "signal" in got)
-        if result.status == "stopped" and env.global_rank == 0:
-            from detlab.platform import checkpoint as ckpt
-
-            requeues = ckpt.load(result.checkpoint).get("requeues", 0)
-            if got.get("signal") == signal.SIGUSR2:
-                if requeues >= cfg.cluster.max_requeues:
-                    raise RuntimeError(f"cluster.max_requeues={cfg.cluster.max_requeues} reached")
-                subprocess.run(["scontrol", "requeue", str(env.job_id)], check=False)
-            time.sleep(3600)  # SLURM ends and requeues the job; no result is written
-        return result
-
-    def checkpoint(self, *args, **kwargs):  # only reached if our handlers were not set
-        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+    def stopped(self, result) -> bool:
+        return result.status == "stopped"
 
 
 def build_executor(cluster: DictConfig, folder: Path, name: str) -> submitit.Executor:
@@ -229,7 +201,7 @@ def submit(cfg: DictConfig):
     ex = build_executor(
         cfg.cluster, Path(cfg.cluster.log_dir).resolve(), f"detlab-{cfg.method.name}"
     )
-    job = ex.submit(PretrainJob(), to_yaml(cfg))
+    job = ex.submit(PretrainJob(cfg.cluster.max_requeues), to_yaml(cfg))
     set_tags(cfg.tracking.uri, cfg.tracking.run_id, {"detlab.slurm_job": job.job_id})
     register({"job_id": job.job_id, "run_id": cfg.tracking.run_id, "uri": cfg.tracking.uri,
               "log": str(job.paths.stdout).replace("%t", "0"), "out_dir": str(out_dir),
@@ -263,27 +235,24 @@ def follow(job, run_id: str, cfg: DictConfig) -> str:
         time.sleep(2)
 
 
-def submit_and_wait(cfg: DictConfig) -> str:
-    """For DVC study cells: submit, follow to the end, return the MLflow run id."""
-    job, run_id = submit(cfg)
+def wait(job, run_id: str, cfg: DictConfig) -> None:
+    """Follow a submitted job to its end; an error naming its log unless it COMPLETED."""
     state = follow(job, run_id, cfg)
     if state != "COMPLETED":
         raise RuntimeError(f"SLURM job {job.job_id} ended {state}: see {job.paths.stdout}")
-    return run_id
 
 
 # ---------------------------------------------------------------------------- commands
 
 
 def run_local(cfg: DictConfig) -> int:
+    """`detlab pretrain` in this process (or a local submitit job's): the facade's run,
+    printed; SIGTERM / SIGUSR2 stop it at a step boundary with a checkpoint."""
     from detlab.platform.checkpoint import CheckpointError
-    from detlab.platform.train import train
+    from detlab.platform.run import pretrain
 
-    stop = {}
-    for sig in (signal.SIGTERM, signal.SIGUSR2):
-        signal.signal(sig, lambda s, f: stop.setdefault("signal", s))
     try:
-        result = train(cfg, stop_requested=lambda: "signal" in stop)
+        result = pretrain(cfg, here=True)
     except CheckpointError as exc:
         print(f"detlab pretrain: {exc}", file=sys.stderr)
         return 2

@@ -142,7 +142,8 @@ def start_slurm_workers(study, url: str, cfg: DictConfig, n: int, out_dir: Path)
     cluster = OmegaConf.merge(cfg.cluster, {"partition": partition})
     executor = build_executor(cluster, out_dir / "slurm", name=f"sweep-{study.study_name}")
     return executor.map_array(
-        SweepWorkerJob(url, study.study_name), [f"slurm-{i}" for i in range(n)]
+        SweepWorkerJob(url, study.study_name, cluster.max_requeues),
+        [f"slurm-{i}" for i in range(n)],
     )
 
 

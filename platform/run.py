@@ -1,0 +1,102 @@
+"""One way to run and evaluate a config: the CLI, sweep workers and DVC stages all call
+these two functions, so where a run executes and how a checkpoint is evaluated are decided
+in one place.
+
+- ``pretrain(cfg)``: train ``cfg`` where ``cfg.cluster`` says (in this process; a local
+  submitit job; a SLURM job, submitted and followed through its requeues) and return its
+  ``TrainResult``. ``here=True`` runs in this process whatever the cluster group says: the
+  caller is itself the job (a sweep worker).
+- ``evaluate(...)``: the pretrained backbone of a checkpoint (path, MLflow run id or an
+  already resolved state), checked against the backbone config, through one evaluation
+  protocol; probes at the checkpoint's pretraining resolution unless told otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from detlab.platform.train import TrainResult
+
+
+def pretraining_resolution(state: dict, default: int = 224) -> int:
+    """aug.resolution of the checkpoint's run (``default`` for checkpoints without config)."""
+    import yaml
+
+    config = yaml.safe_load(state.get("config") or "") or {}
+    return int((config.get("aug") or {}).get("resolution") or default)
+
+
+def _train_here(cfg: DictConfig, on_metrics=None, stop_requested=None) -> TrainResult:
+    """train() in this process; without a caller's stop flag, SIGTERM / SIGUSR2 stop it at a
+    step boundary with a checkpoint (a local submitit job, a terminal's kill)."""
+    from detlab.platform.job import StopFlag
+    from detlab.platform.train import train
+
+    if stop_requested is None:
+        stop_requested = StopFlag().install()
+    return train(cfg, on_metrics=on_metrics, stop_requested=stop_requested)
+
+
+def pretrain(
+    cfg: DictConfig,
+    *,
+    here: bool = False,
+    on_metrics: Callable[[int, dict[str, float]], str | None] | None = None,
+    stop_requested: Callable[[], bool] | None = None,
+) -> TrainResult:
+    """Train ``cfg`` to its end (or a stop) where ``cfg.cluster`` says; see the module doc.
+    ``on_metrics`` and ``stop_requested`` reach train() and so need this process."""
+    from detlab.platform.train import resolve_out_dir
+
+    cfg = resolve_out_dir(cfg)  # fixed now: a job or a requeue writes where we look
+    if here or (cfg.cluster.name != "slurm" and cfg.cluster.executor != "submitit"):
+        return _train_here(cfg, on_metrics, stop_requested)
+    if on_metrics is not None or stop_requested is not None:
+        raise ValueError("on_metrics / stop_requested need the run in this process (here=True)")
+    if cfg.cluster.name != "slurm":  # a local submitit job: its own process and log
+        import submitit
+
+        ex = submitit.LocalExecutor(folder=str(Path(cfg.cluster.log_dir) / "%j"))
+        ex.update_parameters(timeout_min=cfg.cluster.time_min)
+        return ex.submit(_train_here, cfg).result()
+    from detlab.platform.launch import submit, wait
+    from detlab.platform.tracking import get_run
+
+    job, run_id = submit(cfg)
+    wait(job, run_id, cfg)  # through requeues; an error naming the log unless COMPLETED
+    return TrainResult(
+        status="completed",
+        step=int(cfg.train.steps),
+        run_id=run_id,
+        metrics=dict(get_run(cfg.tracking.uri, run_id).metrics),
+        checkpoint=str(Path(cfg.train.out_dir).resolve() / "checkpoint.pt"),
+    )
+
+
+def evaluate(
+    eval_cfg: DictConfig,
+    data_cfg: DictConfig,
+    backbone_cfg: DictConfig,
+    checkpoint: str | dict,
+    *,
+    tracking_uri: str | None = None,
+    device: str = "auto",
+    out_dir: Path | None = None,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Protocol ``eval_cfg.name`` on the checkpoint's backbone; pictures to ``out_dir``."""
+    from detlab.methods.backbones import build_backbone
+    from detlab.methods.eval import run_eval
+    from detlab.platform.checkpoint import check_backbone, resolve
+    from detlab.platform.distributed import resolve_device
+
+    state = checkpoint if isinstance(checkpoint, dict) else resolve(checkpoint, tracking_uri)
+    check_backbone(state, backbone_cfg)
+    backbone = build_backbone(backbone_cfg)
+    backbone.load_state_dict(state["backbone"])
+    if eval_cfg.resolution is None:  # default: probe at the pretraining resolution
+        eval_cfg = OmegaConf.merge(eval_cfg, {"resolution": pretraining_resolution(state)})
+    return run_eval(eval_cfg, backbone, data_cfg, resolve_device(device), out_dir, progress)
