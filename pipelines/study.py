@@ -32,6 +32,7 @@ import yaml
 from detlab.pipelines.study_views import axis_params
 from detlab.platform.compose import compose
 from detlab.platform.config import TrackingConfig
+from detlab.platform.run import pretrain
 from detlab.platform.tracking import RunLogger, create_run
 
 STUDIES = ("mask_quality", "resolution")
@@ -158,34 +159,26 @@ def end_stale_runs(tracking: TrackingConfig, st: dict) -> None:
     reconcile(tracking.uri, cluster, [tracking.experiment])
 
 
-def pretrain(cfg, cluster: str):
-    """Run the cell's pretraining where the params say; return the MLflow run id."""
-    if cluster == "local":
-        from detlab.platform.train import train
-
-        return train(cfg).run_id
-    from detlab.platform.launch import submit_and_wait
-
-    return submit_and_wait(cfg)
-
-
-def probe(backbone, cfg, overrides: list[str], evals: list[str], resolution: int,
+def probe(model, cfg, overrides: list[str], evals: list[str], resolution: int,
           pictures: Path | None = None) -> dict:  # fmt: skip
-    """Run the study's probes on ``backbone`` at ``resolution``: flat metrics, the settings
-    each probe used (``eval.<name>.<key>``), chance levels and class names; prediction
-    pictures go to ``pictures/<name>/`` when given. ``cfg``: the cell's composed
+    """Run the study's probes on ``model`` (a checkpoint path, or a backbone in hand) at
+    ``resolution``: flat metrics, the settings each probe used (``eval.<name>.<key>``),
+    chance levels and class names; prediction pictures go to ``pictures/<name>/`` when given. ``cfg``: the cell's composed
     ``overrides`` (device, data)."""
-    from detlab.methods.eval import eval_params, run_eval
-    from detlab.platform.distributed import resolve_device
+    from detlab.methods.eval import eval_params
+    from detlab.platform.checkpoint import resolve
+    from detlab.platform.run import evaluate
 
-    device = resolve_device(cfg.train.device)
+    if isinstance(model, str):
+        model = resolve(model)  # read once for every probe
     metrics: dict[str, float] = {}
     settings: dict[str, object] = {}
     for name in evals:
         ecfg = compose([*overrides, f"eval={name}", f"eval.resolution={resolution}"])
         settings |= eval_params(ecfg.eval)
         out = None if pictures is None else pictures / name
-        found = run_eval(ecfg.eval, backbone.to(device), ecfg.data, device, out)
+        found = evaluate(ecfg.eval, ecfg.data, cfg.backbone, model, device=cfg.train.device,
+                         out_dir=out)  # fmt: skip
         metrics.update({k: float(v) for k, v in found.items()})
     from detlab.pipelines.datasets import open_dataset
 
@@ -241,16 +234,16 @@ def run_cell(
         f"tracking.experiment=study-{study}",
         f"tracking.parent_run_id={parent}",
         f"tracking.run_name={name}",
+        f"cluster={st.get('cluster', 'local')}",  # where: in this process, or a SLURM job
     ]
     cfg = compose(overrides)  # validates every key before any compute
     t0 = time.time()
-    run_id = pretrain(cfg, st.get("cluster", "local"))
+    result = pretrain(cfg)  # the platform facade: here or a SLURM job
+    run_id = result.run_id
     t1 = time.time()
-    from detlab.platform.checkpoint import load_backbone
-
-    backbone = load_backbone(str(Path(cfg.train.out_dir) / "checkpoint.pt"), cfg.backbone)
     pictures = Path(cfg.train.out_dir) / "eval"
-    probed = probe(backbone, cfg, overrides, st["evals"], probe_resolution(params), pictures)
+    probed = probe(result.checkpoint, cfg, overrides, st["evals"], probe_resolution(params),
+                   pictures)  # fmt: skip
     metrics = {**probed["metrics"], **health(tracking_uri, run_id)}
     logger = RunLogger(
         TrackingConfig(uri=tracking_uri, experiment=tracking.experiment, run_id=run_id),

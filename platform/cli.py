@@ -44,8 +44,7 @@ class Command:
 
 @cache
 def plugins() -> dict[str, Command]:
-    """The ``detlab.commands`` entry points, loaded (importing them also stores their config
-    schemas, e.g. ``sweep/sweep_schema``, before any config is composed)."""
+    """The ``detlab.commands`` entry points, loaded."""
     return {ep.name: ep.load() for ep in entry_points(group="detlab.commands")}
 
 

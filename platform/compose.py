@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import yaml
@@ -47,7 +48,8 @@ def default_choice(group: str) -> str | None:
 
 
 def _schema(parsed: list) -> tuple[DictConfig, str | None]:
-    """The full schema with the chosen method's own dataclass in ``method``, and its name."""
+    """The full schema with the chosen method's own dataclass in ``method`` (and its name)
+    and the groups typed through entry points (``sweep``)."""
     from detlab.methods.registry import METHODS
 
     schema = OmegaConf.structured(Config)
@@ -55,6 +57,8 @@ def _schema(parsed: list) -> tuple[DictConfig, str | None]:
     name = chosen[-1] if chosen else default_choice("method")
     if name in METHODS:
         schema.method = OmegaConf.structured(METHODS[name].config_class)
+    for ep in entry_points(group="detlab.config_groups"):  # groups typed by layers above
+        schema[ep.name] = OmegaConf.structured(ep.load())
     return schema, name
 
 

@@ -122,7 +122,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: str | None = None  # eval / export: a checkpoint path or an MLflow run id
     export_path: str | None = None  # export: output file (default: next to the checkpoint)
-    sweep: Any = None  # the sweep/ group (its schema: detlab.sweeps.schema, stored there)
+    sweep: Any = None  # the sweep/ group, typed by detlab.sweeps.schema (an entry point)
 
 
 GROUPS = {
@@ -138,9 +138,12 @@ GROUPS = {
 
 def register_configs() -> None:
     """Register the schema so YAML files can name ``<group>_schema`` in their defaults, and
-    each method's own dataclass as ``method/<name>_schema`` (its YAML names it). Layers
-    above add their groups' schemas themselves (``detlab.sweeps.schema`` stores
-    ``sweep/sweep_schema`` when imported)."""
+    each method's own dataclass as ``method/<name>_schema`` (its YAML names it). A group
+    owned by a layer above is typed by the dataclass its ``detlab.config_groups`` entry
+    point names (pyproject.toml: ``sweep = "detlab.sweeps.schema:SweepConfig"``), stored as
+    ``<group>/<group>_schema``: the platform never imports that layer."""
+    from importlib.metadata import entry_points
+
     from detlab.methods.registry import config_schemas
 
     cs = ConfigStore.instance()
@@ -149,3 +152,5 @@ def register_configs() -> None:
         cs.store(group=group, name=f"{group}_schema", node=schema)
     for name, schema in config_schemas().items():
         cs.store(group="method", name=name, node=schema)
+    for ep in entry_points(group="detlab.config_groups"):
+        cs.store(group=ep.name, name=f"{ep.name}_schema", node=ep.load())

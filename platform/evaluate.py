@@ -10,14 +10,6 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 
-def pretraining_resolution(state: dict, default: int = 224) -> int:
-    """aug.resolution of the checkpoint's run (``default`` for checkpoints without config)."""
-    import yaml
-
-    config = yaml.safe_load(state.get("config") or "") or {}
-    return int((config.get("aug") or {}).get("resolution") or default)
-
-
 def logged_run(run_id: str | None, tracking_uri: str) -> str | None:
     """The checkpoint's MLflow run when this store holds it; else None, with a warning (the
     results are then printed only: a checkpoint copied from elsewhere still evaluates)."""
@@ -39,10 +31,10 @@ def logged_run(run_id: str | None, tracking_uri: str) -> str | None:
 
 
 def eval_command(cfg: DictConfig) -> int:
-    from detlab.methods.eval import EvalError, run_eval
+    from detlab.methods.eval import EvalError
     from detlab.pipelines.datasets import DatasetError
     from detlab.platform.checkpoint import CheckpointError, check_backbone, resolve
-    from detlab.platform.distributed import resolve_device
+    from detlab.platform.run import evaluate, pretraining_resolution
 
     if not cfg.checkpoint:
         print("detlab eval: set checkpoint=<path or MLflow run id>", file=sys.stderr)
@@ -56,16 +48,12 @@ def eval_command(cfg: DictConfig) -> int:
         from detlab.methods.eval import open_splits
 
         open_splits(cfg.eval.name, cfg.data, cfg.eval.max_images)
-        from detlab.methods.backbones import build_backbone
-
         if cfg.eval.resolution is None:  # default: probe at the pretraining resolution
             cfg.eval.resolution = pretraining_resolution(state)
-        backbone = build_backbone(cfg.backbone)
-        backbone.load_state_dict(state["backbone"])
-        device = resolve_device(cfg.train.device)
         out_dir = Path(state["path"]).parent / "eval" / cfg.eval.name
         t0 = time.time()
-        metrics = run_eval(cfg.eval, backbone, cfg.data, device, out_dir, progress=True)
+        metrics = evaluate(cfg.eval, cfg.data, cfg.backbone, state, device=cfg.train.device,
+                           out_dir=out_dir, progress=True)  # fmt: skip
     except (CheckpointError, EvalError, DatasetError, FloatingPointError) as exc:
         print(f"detlab eval: {exc}", file=sys.stderr)
         return 2

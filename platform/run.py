@@ -8,7 +8,8 @@ in one place.
   caller is itself the job (a sweep worker).
 - ``evaluate(...)``: the pretrained backbone of a checkpoint (path, MLflow run id or an
   already resolved state), checked against the backbone config, through one evaluation
-  protocol; probes at the checkpoint's pretraining resolution unless told otherwise.
+  protocol; probes at the checkpoint's pretraining resolution unless told otherwise. A
+  backbone in hand (a study's random-init or supervised reference) is evaluated as is.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from detlab.platform.train import TrainResult
 
@@ -80,23 +82,27 @@ def evaluate(
     eval_cfg: DictConfig,
     data_cfg: DictConfig,
     backbone_cfg: DictConfig,
-    checkpoint: str | dict,
+    model: str | dict | nn.Module,
     *,
     tracking_uri: str | None = None,
     device: str = "auto",
     out_dir: Path | None = None,
     progress: bool = False,
 ) -> dict[str, float]:
-    """Protocol ``eval_cfg.name`` on the checkpoint's backbone; pictures to ``out_dir``."""
+    """Protocol ``eval_cfg.name`` on ``model`` (a checkpoint path or MLflow run id, a
+    resolved checkpoint state, or a backbone module); pictures go to ``out_dir``."""
     from detlab.methods.backbones import build_backbone
     from detlab.methods.eval import run_eval
     from detlab.platform.checkpoint import check_backbone, resolve
     from detlab.platform.distributed import resolve_device
 
-    state = checkpoint if isinstance(checkpoint, dict) else resolve(checkpoint, tracking_uri)
-    check_backbone(state, backbone_cfg)
-    backbone = build_backbone(backbone_cfg)
-    backbone.load_state_dict(state["backbone"])
-    if eval_cfg.resolution is None:  # default: probe at the pretraining resolution
-        eval_cfg = OmegaConf.merge(eval_cfg, {"resolution": pretraining_resolution(state)})
+    if isinstance(model, nn.Module):
+        backbone = model
+    else:
+        state = model if isinstance(model, dict) else resolve(model, tracking_uri)
+        check_backbone(state, backbone_cfg)
+        backbone = build_backbone(backbone_cfg)
+        backbone.load_state_dict(state["backbone"])
+        if eval_cfg.resolution is None:  # default: probe at the pretraining resolution
+            eval_cfg = OmegaConf.merge(eval_cfg, {"resolution": pretraining_resolution(state)})
     return run_eval(eval_cfg, backbone, data_cfg, resolve_device(device), out_dir, progress)

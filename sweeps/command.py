@@ -1,10 +1,8 @@
 """``detlab sweep``: the sweep layer's command, added to the platform's CLI through the
-``detlab.commands`` entry point (pyproject.toml). Importing this also stores the sweep
-schema (``sweep/sweep_schema``), which the sweep YAMLs name."""
+``detlab.commands`` entry point (pyproject.toml)."""
 
 from __future__ import annotations
 
-import detlab.sweeps.schema  # noqa: F401  (stores sweep/sweep_schema)
 from detlab.platform.cli import Command
 
 

@@ -1,11 +1,10 @@
-"""Schema of a sweep definition (config group ``sweep/``)."""
+"""Schema of a sweep definition (config group ``sweep/``); the platform stores it for
+Hydra through the ``detlab.config_groups`` entry point (pyproject.toml)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
-
-from hydra.core.config_store import ConfigStore
 
 
 @dataclass
@@ -40,7 +39,3 @@ class SweepConfig:
     max_retries: int = 2  # a failed trial (crash, dead worker) is retried this many times
     monitor_every: int = 0  # kNN monitor (pruning signal) every N steps; 0 = steps // 4
     grid: bool = False  # every point of the categorical space exactly once (ablations)
-
-
-# sweep YAMLs name `sweep_schema` in their defaults: stored on import, before any compose
-ConfigStore.instance().store(group="sweep", name="sweep_schema", node=SweepConfig)

@@ -154,17 +154,12 @@ def objective_value(cfg, result, objective: str) -> tuple[float, dict[str, float
     """The final monitor metric, or a downstream protocol run on the trained backbone."""
     if objective in result.metrics:
         return float(result.metrics[objective]), {}
-    protocol = objective.split("_", 1)[0]
-    import torch
+    from detlab.platform.run import evaluate
 
-    from detlab.methods.eval import run_eval
-    from detlab.platform.checkpoint import load_backbone
-
+    protocol = objective.split("_", 1)[0]  # probes at the trial's pretraining resolution
     eval_cfg = OmegaConf.merge(cfg.eval, {"name": protocol})
-    if eval_cfg.resolution is None:  # probe at the trial's pretraining resolution
-        eval_cfg.resolution = cfg.aug.resolution
-    backbone = load_backbone(result.checkpoint, cfg.backbone)
-    metrics = run_eval(eval_cfg, backbone, cfg.data, torch.device("cpu"))
+    metrics = evaluate(eval_cfg, cfg.data, cfg.backbone, result.checkpoint,
+                       device=cfg.train.device)  # fmt: skip
     if objective not in metrics:
         raise KeyError(f"sweep.objective={objective} is not among {sorted(metrics)}")
     return float(metrics[objective]), metrics
@@ -199,8 +194,8 @@ def run_trial(
 
 
 def _run_trial(study, storage, trial_id, number, worker_id, beat, publish, stop_requested):
+    from detlab.platform.run import pretrain
     from detlab.platform.tracking import create_run, log_metrics, set_tags
-    from detlab.platform.train import train
 
     attrs = study.user_attrs
     sweep = OmegaConf.create(attrs["definition"])
@@ -254,7 +249,7 @@ def _run_trial(study, storage, trial_id, number, worker_id, beat, publish, stop_
         return beat.lost.is_set() or bool(stop_requested and stop_requested())
 
     try:
-        result = train(cfg, on_metrics=report, stop_requested=stop)
+        result = pretrain(cfg, here=True, on_metrics=report, stop_requested=stop)
         if beat.lost.is_set():
             raise TrialLost(number)
         if result.status == "stopped":  # preempted: checkpointed, the trial stays RUNNING

@@ -6,7 +6,7 @@
 No module may import from a higher layer, lazily inside a function included. A layer above
 reaches into a lower one only through the lower one's extension points: ``detlab sweep``
 is a ``detlab.commands`` entry point (pyproject.toml) that the platform's CLI loads, and the
-sweep schema is stored in Hydra's config store by ``detlab.sweeps.schema`` itself."""
+sweep group's schema a ``detlab.config_groups`` one that the platform's config stores."""
 
 from __future__ import annotations
 
@@ -61,11 +61,18 @@ def test_no_import_by_name_around_the_check():
             assert 'import_module("detlab' not in path.read_text(), path
 
 
-def test_commands_added_from_above_are_entry_points():
-    """The CLI finds `detlab sweep` through pyproject's entry points, not an import."""
+def test_layers_above_extend_the_platform_through_entry_points():
+    """`detlab sweep` and the sweep group's schema come from pyproject's entry points, not
+    imports: the command is found, and the schema types the group (an unknown key fails)."""
+    import pytest
+
     from detlab.platform.cli import plugins
+    from detlab.platform.compose import ConfigError, compose
 
     assert plugins()["sweep"].subcommands == ("status", "run", "worker")
+    assert compose(["sweep=temperature"]).sweep.max_retries == 2  # a schema default
+    with pytest.raises(ConfigError, match="n_trails.*Valid keys of sweep: .*n_trials"):
+        compose(["sweep=temperature", "sweep.n_trails=3"])
 
 
 def test_an_upward_import_is_caught(tmp_path):
