@@ -163,8 +163,8 @@ class PretrainDataset(Dataset):
 
 def _open_store(masks: MasksConfig, images, data: DataConfig):
     """MaskStore at masks.path, checked against the dataset (clear error up front)."""
-    from detlab.pipelines.datasets import open_dataset
-    from detlab.pipelines.masks.store import MaskStore
+    from detlab.methods.datasets import open_dataset
+    from detlab.methods.datasets.mask_store import MaskStore
 
     path = Path(masks.path)
     if not path.exists():
@@ -197,8 +197,8 @@ def build_pretrain_dataset(
     Raises PretrainDataError (or the readers' DatasetError / MaskStoreError) before any
     compute when the dataset, the mask store or their pairing is wrong.
     """
-    from detlab.pipelines.datasets import open_dataset
-    from detlab.pipelines.datasets.checks import verify_decodes
+    from detlab.methods.datasets import open_dataset
+    from detlab.methods.datasets.checks import verify_decodes
 
     if input_kind not in INPUT_KINDS:
         raise PretrainDataError(f"input_kind={input_kind!r} is not one of {INPUT_KINDS}")
@@ -347,7 +347,7 @@ class EvalDataset(Dataset):
 
 def build_eval_dataset(data: DataConfig, split: str, resolution: int) -> EvalDataset:
     """The ``split`` of ``data`` as (normalised centre crop, image-level label) pairs."""
-    from detlab.pipelines.datasets import open_dataset
+    from detlab.methods.datasets import open_dataset
 
     images = open_dataset(data.root, split, format=data.format, max_images=data.max_images)
     return EvalDataset(images, resolution)

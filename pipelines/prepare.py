@@ -27,8 +27,8 @@ from pathlib import Path
 
 import yaml
 
-from detlab.pipelines.datasets.readers import open_dataset
-from detlab.pipelines.datasets.shapes import ShapesError, generate_shapes
+from detlab.methods.datasets.readers import open_dataset
+from detlab.methods.datasets.shapes import ShapesError, generate_shapes
 
 REQUIRED = ("seed", "num_train", "num_val", "image_size", "max_objects", "out")
 OPTIONAL = {"dataset": "shapes", "min_objects": 1, "textures": "random"}

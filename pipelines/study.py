@@ -55,7 +55,7 @@ def code_fingerprint() -> str:
 def dataset_fingerprint(params: dict) -> str:
     """The study dataset's train and val fingerprints (each stats every image: compute it
     once per run of many cells and pass it on)."""
-    from detlab.pipelines.datasets import open_dataset
+    from detlab.methods.datasets import open_dataset
 
     root = params["prepare"]["out"]
     return "\n".join(open_dataset(root, split).fingerprint for split in ("train", "val"))
@@ -180,7 +180,7 @@ def probe(model, cfg, overrides: list[str], evals: list[str], resolution: int,
         found = evaluate(ecfg.eval, ecfg.data, cfg.backbone, model, device=cfg.train.device,
                          out_dir=out)  # fmt: skip
         metrics.update({k: float(v) for k, v in found.items()})
-    from detlab.pipelines.datasets import open_dataset
+    from detlab.methods.datasets import open_dataset
 
     classes = list(
         open_dataset(cfg.data.root, cfg.data.train_split, format=cfg.data.format).classes

@@ -66,8 +66,8 @@ def run_reference(
     backbone = build_backbone(cfg.backbone)
     t0 = time.time()
     if kind == "supervised":
+        from detlab.methods.datasets import open_dataset
         from detlab.methods.eval.supervised import train_supervised
-        from detlab.pipelines.datasets import open_dataset
 
         ref = st.get("references", {}) or {}
         images = open_dataset(cfg.data.root, cfg.data.train_split, format=cfg.data.format)

@@ -31,8 +31,8 @@ def logged_run(run_id: str | None, tracking_uri: str) -> str | None:
 
 
 def eval_command(cfg: DictConfig) -> int:
+    from detlab.methods.datasets import DatasetError
     from detlab.methods.eval import EvalError
-    from detlab.pipelines.datasets import DatasetError
     from detlab.platform.checkpoint import CheckpointError, check_backbone, resolve
     from detlab.platform.run import evaluate, pretraining_resolution
 

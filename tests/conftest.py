@@ -18,7 +18,7 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_shapes(tmp_path_factory) -> Path:
     """24 train / 8 val images of 48 px, up to 3 objects (read-only: copy to modify)."""
-    from detlab.pipelines.datasets.shapes import generate_shapes
+    from detlab.methods.datasets.shapes import generate_shapes
 
     root = tmp_path_factory.mktemp("tiny_shapes") / "shapes"
     return Path(

@@ -1,6 +1,6 @@
 """The import layers, read from the source (issue 13's target), lowest first:
 
-    data access (pipelines/datasets, pipelines/masks/store.py) -> methods -> platform
+    data access (methods/datasets: readers, the mask store) -> methods -> platform
     -> sweeps and pipelines (what to run)
 
 No module may import from a higher layer, lazily inside a function included. A layer above
@@ -20,7 +20,7 @@ RANK = {"data": 0, "methods": 1, "platform": 2, "top": 3}
 
 def layer(module: str) -> str:
     parts = module.split(".")[1:]  # drop "detlab"
-    if parts[:2] == ["pipelines", "datasets"] or parts[:3] == ["pipelines", "masks", "store"]:
+    if parts[:2] == ["methods", "datasets"]:
         return "data"
     if parts[0] in ("methods", "platform"):
         return parts[0]
@@ -81,5 +81,10 @@ def test_an_upward_import_is_caught(tmp_path):
         (tmp_path / folder).mkdir()
     (tmp_path / "methods" / "x.py").write_text("from detlab.platform.train import train\n")
     (tmp_path / "platform" / "y.py").write_text("import detlab.methods.registry\n")
-    (tmp_path / "methods" / "z.py").write_text("from detlab.pipelines.masks.store import S\n")
-    assert upward_imports(tmp_path) == {("methods/x.py", "detlab.platform.train")}
+    (tmp_path / "methods" / "z.py").write_text("from detlab.methods.datasets.mask_store import S\n")
+    (tmp_path / "methods" / "datasets").mkdir()
+    (tmp_path / "methods" / "datasets" / "r.py").write_text("import detlab.methods.data\n")
+    assert upward_imports(tmp_path) == {
+        ("methods/x.py", "detlab.platform.train"),
+        ("methods/datasets/r.py", "detlab.methods.data"),  # data access below the science
+    }

@@ -123,7 +123,7 @@ def test_every_readme_command_is_run_by_a_test():
 def scratch(tmp_path) -> Path:
     """A folder like a checkout after `dvc repro`, with a small dataset (enough images for
     the README's batch of 32) and its mask sets."""
-    from detlab.pipelines.datasets.shapes import generate_shapes
+    from detlab.methods.datasets.shapes import generate_shapes
     from detlab.pipelines.masks import generate
 
     work = tmp_path / "checkout"

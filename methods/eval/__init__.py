@@ -45,7 +45,7 @@ class EvalError(ValueError):
 
 
 def open_splits(protocol: str, data, max_images: int | None):
-    from detlab.pipelines.datasets import open_dataset
+    from detlab.methods.datasets import open_dataset
 
     limit = max_images if data.max_images is None else data.max_images
     splits = [
@@ -59,7 +59,7 @@ def open_splits(protocol: str, data, max_images: int | None):
                 f"eval={protocol} needs {WHAT[need]}, but {images.root} ({images.format}, "
                 f"split {images.split}) has none"
             )
-    from detlab.pipelines.datasets.checks import verify_decodes
+    from detlab.methods.datasets.checks import verify_decodes
 
     for images in splits:  # a corrupt image is named before any feature is computed
         verify_decodes(images)

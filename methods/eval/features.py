@@ -19,7 +19,7 @@ def build_eval_loader(
     max_images: int | None = None,
 ) -> DataLoader:
     """(centre crop, label) batches of ``split`` in dataset order (no shuffling)."""
-    from detlab.pipelines.datasets import open_dataset
+    from detlab.methods.datasets import open_dataset
 
     limit = max_images if data.max_images is None else min(max_images or 10**12, data.max_images)
     images = open_dataset(data.root, split, format=data.format, max_images=limit)

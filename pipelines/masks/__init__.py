@@ -1,7 +1,7 @@
 """Mask generation (grid, fh, slic, ss boxes, gt), compact mask stores, mask quality."""
 
+from detlab.methods.datasets.mask_store import MaskStore, MaskStoreError, write_store
 from detlab.pipelines.masks.generators import DEFAULTS, KIND
-from detlab.pipelines.masks.store import MaskStore, MaskStoreError, write_store
 
 GENERATORS = tuple(DEFAULTS)
 

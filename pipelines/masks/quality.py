@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from detlab.pipelines.masks.store import MaskStore
+from detlab.methods.datasets.mask_store import MaskStore
 
 
 def best_overlaps(masks: np.ndarray, instances: np.ndarray) -> np.ndarray:
@@ -123,7 +123,7 @@ def log_to_mlflow(uri: str, store: MaskStore, metrics: dict, plot: Path | None) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from detlab.pipelines.datasets import open_dataset
+    from detlab.methods.datasets import open_dataset
 
     p = argparse.ArgumentParser(description="Mask quality against ground truth (DVC stage).")
     p.add_argument("--masks", required=True)

@@ -21,14 +21,20 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from detlab.methods.datasets.mask_store import (
+    FORMAT,
+    atomic_write,
+    finalise,
+    shard_done,
+    write_shard,
+)
 from detlab.pipelines.masks.generators import DEFAULTS, KIND, generate_one
-from detlab.pipelines.masks.store import FORMAT, atomic_write, finalise, shard_done, write_shard
 
 _STATE: dict = {}
 
 
 def _init(method: str, params: dict, root: str, split: str, fmt: str) -> None:
-    from detlab.pipelines.datasets import open_dataset
+    from detlab.methods.datasets import open_dataset
     from detlab.platform.lifecycle import exit_with_parent
 
     exit_with_parent(what="masks worker")  # no orphans after `kill -9` of the stage
@@ -52,7 +58,7 @@ def generate(method: str, data_root, out, split: str = "train", workers: int = 1
 
     ``stop_after_shards`` stops early (simulates a killed run in tests).
     """
-    from detlab.pipelines.datasets import open_dataset
+    from detlab.methods.datasets import open_dataset
 
     if method not in DEFAULTS:
         raise ValueError(f"unknown mask method {method!r}; choose one of {sorted(DEFAULTS)}")

@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 
 from detlab.methods.backbones import build_backbone
+from detlab.methods.datasets.shapes import generate_shapes
 from detlab.methods.eval.features import build_eval_loader, extract_features
 from detlab.methods.eval.knn import knn_classify
 from detlab.methods.eval.linear import linear_probe
-from detlab.pipelines.datasets.shapes import generate_shapes
 from detlab.platform.compose import compose
 
 

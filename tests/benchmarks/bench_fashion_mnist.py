@@ -50,7 +50,7 @@ def main() -> None:
     torch.set_num_threads(2)
     data = Path(args.data)
     if not data.is_dir():
-        from detlab.pipelines.datasets.fashion_mnist import DEBIAN_DIR, export
+        from detlab.methods.datasets.fashion_mnist import DEBIAN_DIR, export
 
         export(DEBIAN_DIR, data, size=32)
     tmp = Path(tempfile.mkdtemp(prefix="bench-fmnist-"))

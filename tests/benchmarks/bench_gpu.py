@@ -119,7 +119,7 @@ def syncs_per_step(method_name: str, a, device) -> None:
     )
     print(f"{method_name:<9} method step alone: {(two - one) / n:.1f} host syncs per step")
 
-    from detlab.pipelines.datasets.shapes import generate_shapes
+    from detlab.methods.datasets.shapes import generate_shapes
     from detlab.pipelines.masks import generate
     from detlab.platform.train import train
 

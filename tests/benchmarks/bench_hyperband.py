@@ -13,7 +13,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from detlab.pipelines.datasets.shapes import generate_shapes
+from detlab.methods.datasets.shapes import generate_shapes
 from detlab.platform.compose import compose
 from detlab.sweeps.driver import create_or_resume, prepare
 from detlab.sweeps.worker import work

@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from detlab.pipelines.datasets.shapes import generate_shapes
+from detlab.methods.datasets.shapes import generate_shapes
 from detlab.pipelines.masks import generate
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from detlab.pipelines.datasets.shapes import generate_shapes
+from detlab.methods.datasets.shapes import generate_shapes
 from detlab.platform.cli import main as cli
 from detlab.sweeps.storage import open_storage
 

@@ -51,7 +51,7 @@ def test_a_truncated_image_is_refused_before_the_run_in_one_line(tiny_shapes, tm
 
 
 def test_a_mask_store_of_another_dataset_is_refused_before_the_run(tiny_shapes, tmp_path, capsys):
-    from detlab.pipelines.datasets.shapes import generate_shapes
+    from detlab.methods.datasets.shapes import generate_shapes
     from detlab.pipelines.masks import generate
 
     other = generate_shapes(tmp_path / "other", seed=5, num_train=24, num_val=8,

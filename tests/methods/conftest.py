@@ -14,7 +14,7 @@ SIZE = 48
 @pytest.fixture(scope="session")
 def tiny_shapes(tmp_path_factory) -> Path:
     """A generated shapes dataset: 24 train / 8 val images of 48 px."""
-    from detlab.pipelines.datasets.shapes import generate_shapes
+    from detlab.methods.datasets.shapes import generate_shapes
 
     root = tmp_path_factory.mktemp("shapes")
     return Path(
@@ -25,7 +25,7 @@ def tiny_shapes(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def other_shapes(tmp_path_factory) -> Path:
     """A second dataset version (different seed): its fingerprint differs."""
-    from detlab.pipelines.datasets.shapes import generate_shapes
+    from detlab.methods.datasets.shapes import generate_shapes
 
     root = tmp_path_factory.mktemp("shapes_other")
     return Path(
@@ -34,7 +34,7 @@ def other_shapes(tmp_path_factory) -> Path:
 
 
 def _write(path, root, kind):
-    from detlab.pipelines.datasets import open_dataset
+    from detlab.methods.datasets import open_dataset
     from detlab.pipelines.masks import write_store
 
     ds = open_dataset(root, "train")

@@ -17,7 +17,7 @@ SHAPES_SIZE = 64
 @pytest.fixture(scope="session")
 def tiny_shapes(tmp_path_factory) -> Path:
     """Root of a generated shapes dataset: 12 train / 6 val images of 64 px (read-only!)."""
-    from detlab.pipelines.datasets.shapes import generate_shapes
+    from detlab.methods.datasets.shapes import generate_shapes
 
     root = tmp_path_factory.mktemp("tiny_shapes") / "shapes"
     return generate_shapes(

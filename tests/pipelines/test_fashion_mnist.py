@@ -12,8 +12,8 @@ import pytest
 import torch
 from torchvision.models import resnet as tv
 
-from detlab.pipelines.datasets import DatasetError, open_dataset
-from detlab.pipelines.datasets.fashion_mnist import CLASSES, DEBIAN_DIR, export, main, read_idx
+from detlab.methods.datasets import DatasetError, open_dataset
+from detlab.methods.datasets.fashion_mnist import CLASSES, DEBIAN_DIR, export, main, read_idx
 from detlab.platform.cli import main as cli
 
 

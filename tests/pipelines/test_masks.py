@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from skimage.segmentation import felzenszwalb
 
-from detlab.pipelines.datasets import DatasetError, open_dataset
+from detlab.methods.datasets import DatasetError, open_dataset
 from detlab.pipelines.masks import MaskStore, MaskStoreError, generate
 from detlab.pipelines.masks.generators import fh, fh_min_size, grid
 from detlab.pipelines.masks.selective_search import soco_filter, soco_proposals
@@ -100,7 +100,7 @@ def test_changed_params_start_afresh(tiny_shapes, tmp_path):
 
 
 def test_store_for_another_dataset_version_is_refused(tiny_shapes, tmp_path):
-    from detlab.pipelines.datasets.shapes import generate_shapes
+    from detlab.methods.datasets.shapes import generate_shapes
 
     out = generate("grid", tiny_shapes, tmp_path / "g", progress=False)
     other = generate_shapes(tmp_path / "other", seed=5, num_train=24, num_val=8,

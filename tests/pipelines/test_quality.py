@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from detlab.pipelines.datasets import open_dataset
+from detlab.methods.datasets import open_dataset
 from detlab.pipelines.masks import MaskStore, generate
 from detlab.pipelines.masks.quality import best_overlaps, box_iou, main, measure
 
@@ -31,7 +31,7 @@ def test_box_iou_hand_case():
 
 
 def test_gt_is_perfect_and_fh_beats_grid(tmp_path):
-    from detlab.pipelines.datasets.shapes import generate_shapes
+    from detlab.methods.datasets.shapes import generate_shapes
 
     root = generate_shapes(tmp_path / "s", seed=0, num_train=32, num_val=4, image_size=96,
                            max_objects=3)  # fmt: skip

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from detlab.pipelines.datasets import DatasetError, ImageRecord, detect_format, open_dataset
-from detlab.pipelines.datasets.scenes import CLASSES
+from detlab.methods.datasets import DatasetError, ImageRecord, detect_format, open_dataset
+from detlab.methods.datasets.scenes import CLASSES
 
 # pycocotools predates numpy 2's __array__(copy=...): harmless DeprecationWarning
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools.*")

@@ -12,9 +12,9 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from skimage.segmentation import felzenszwalb
 
+from detlab.methods.datasets.scenes import CLASSES, MIN_VISIBLE
+from detlab.methods.datasets.shapes import ShapesError, generate_shapes
 from detlab.pipelines import prepare as prepare_mod
-from detlab.pipelines.datasets.scenes import CLASSES, MIN_VISIBLE
-from detlab.pipelines.datasets.shapes import ShapesError, generate_shapes
 
 TINY = dict(num_train=5, num_val=2, image_size=48, max_objects=3)
 

@@ -234,6 +234,7 @@ def test_balanced_seg_probe_predicts_a_rare_class_that_plain_cross_entropy_drown
 def test_supervised_reference_learns_the_labels(tiny_shapes):
     """The supervised reference must reach a segmentation probe score a random init does not."""
     from detlab.methods.backbones import build_backbone
+    from detlab.methods.datasets import open_dataset
     from detlab.methods.eval.seg import (
         confusion_matrix,
         dense_features,
@@ -243,7 +244,6 @@ def test_supervised_reference_learns_the_labels(tiny_shapes):
         predict_linear_seg,
     )  # fmt: skip
     from detlab.methods.eval.supervised import train_supervised
-    from detlab.pipelines.datasets import open_dataset
 
     cfg = compose(["backbone=small", "backbone.width=0.125"]).backbone
     images = open_dataset(str(tiny_shapes), "train")

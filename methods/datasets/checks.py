@@ -11,7 +11,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from detlab.pipelines.datasets.records import DatasetError, Entry, ImageRecord, Source
+from detlab.methods.datasets.records import DatasetError, Entry, ImageRecord, Source
 
 MAX_LISTED = 10  # problems spelled out in one DatasetError
 PARALLEL_FROM = 256  # entries; header reads use threads above this (I/O bound)

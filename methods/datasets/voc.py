@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from detlab.pipelines.datasets.records import (
+from detlab.methods.datasets.records import (
     DatasetError,
     Entry,
     ImageRecord,

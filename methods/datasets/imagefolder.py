@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from detlab.pipelines.datasets.records import (
+from detlab.methods.datasets.records import (
     IMAGE_EXTENSIONS,
     DatasetError,
     Entry,

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from detlab.pipelines.datasets import coco, imagefolder, voc
-from detlab.pipelines.datasets.checks import build_records
-from detlab.pipelines.datasets.records import DatasetError, ImageRecord, Source
+from detlab.methods.datasets import coco, imagefolder, voc
+from detlab.methods.datasets.checks import build_records
+from detlab.methods.datasets.records import DatasetError, ImageRecord, Source
 
 __all__ = [
     "FORMATS",

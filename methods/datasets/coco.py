@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from detlab.pipelines.datasets.records import (
+from detlab.methods.datasets.records import (
     DatasetError,
     Entry,
     ImageRecord,

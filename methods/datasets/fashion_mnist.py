@@ -1,6 +1,6 @@
 """Fashion-MNIST, offline: Debian's ``dataset-fashion-mnist`` IDX files -> an ImageFolder.
 
-    python -m detlab.pipelines.datasets.fashion_mnist --out data/fashion_mnist [--size 32]
+    python -m detlab.methods.datasets.fashion_mnist --out data/fashion_mnist [--size 32]
 
 Reads ``/usr/share/datasets/fashion-mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz``
 (60k train, 10k test; MIT licence; ``apt-get install dataset-fashion-mnist``) and writes
@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from detlab.pipelines.datasets.records import DatasetError
+from detlab.methods.datasets.records import DatasetError
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ["t-shirt_top", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
@@ -103,7 +103,7 @@ def export(src: Path, out: Path, size: int = 28, max_per_split: int | None = Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m detlab.pipelines.datasets.fashion_mnist",
+    p = argparse.ArgumentParser(prog="python -m detlab.methods.datasets.fashion_mnist",
                                 description=__doc__.splitlines()[0])  # fmt: skip
     p.add_argument("--out", default="data/fashion_mnist")
     p.add_argument("--src", default=str(DEBIAN_DIR), help="folder of the four IDX .gz files")

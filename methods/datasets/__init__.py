@@ -4,7 +4,7 @@ See ``readers.py`` (COCO instances, ImageFolder, Pascal VOC segmentation behind 
 ImageDataset API) and ``shapes.py`` (the generator, deterministic from a seed).
 """
 
-from detlab.pipelines.datasets.readers import (
+from detlab.methods.datasets.readers import (
     FORMATS,
     DatasetError,
     ImageDataset,
@@ -12,7 +12,7 @@ from detlab.pipelines.datasets.readers import (
     detect_format,
     open_dataset,
 )
-from detlab.pipelines.datasets.shapes import ShapesError, generate_shapes
+from detlab.methods.datasets.shapes import ShapesError, generate_shapes
 
 __all__ = [
     "FORMATS",

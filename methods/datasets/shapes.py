@@ -20,7 +20,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from detlab.pipelines.datasets.scenes import CLASSES, render_scene, scene_rng
+from detlab.methods.datasets.scenes import CLASSES, render_scene, scene_rng
 
 GENERATOR = "detlab.shapes"
 GENERATOR_VERSION = 1  # bump whenever the drawing changes
