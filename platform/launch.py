@@ -132,9 +132,9 @@ class PretrainJob(SlurmJob):
     resumes from the checkpoint and continues the same MLflow run."""
 
     def run(self, env, stop, cfg_yaml: str):
-        from detlab.platform.train import train
+        from detlab.platform.run import pretrain
 
-        return train(OmegaConf.create(cfg_yaml), stop_requested=stop)
+        return pretrain(OmegaConf.create(cfg_yaml), here=True, stop_requested=stop)
 
     def stopped(self, result) -> bool:
         return result.status == "stopped"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
@@ -172,6 +172,54 @@ class FiniteWatch:
             )
 
 
+def wrap_model(method: nn.Module, sync_bn: bool, channels_last: bool, info):
+    """(method, the module to call: DDP-wrapped when distributed, channels_last in use):
+    SyncBatchNorm across ranks, channels_last on CUDA only (torch's CPU kernels gain nothing
+    from it, and torch 2.14's CPU conv backward segfaults on some channels_last shapes)."""
+    if info.distributed and sync_bn:
+        method = distr.convert_sync_batchnorm(method, info.device)
+    channels_last = channels_last and info.device.type == "cuda"
+    if channels_last:
+        method = method.to(memory_format=torch.channels_last)
+    if not info.distributed:
+        return method, method, channels_last
+    ids = [info.device] if info.device.type == "cuda" else None
+    return method, DistributedDataParallel(method, device_ids=ids), channels_last
+
+
+def start_tracking(cfg: DictConfig, info, tags: dict, first: bool) -> RunLogger:
+    """The run's MLflow logger (rank 0 writes): params, tags, and on a first start the
+    config. eval.* holds the probes' settings (logged by whoever runs a probe); pretraining
+    reads only the online kNN monitor's two; a local run logs no SLURM settings."""
+    logger = RunLogger(cfg.tracking, active=info.is_main, owner=True)
+    params = {k: v for k, v in flatten(cfg).items() if not k.startswith("eval.")}
+    if cfg.cluster.name == "local":
+        params = {k: v for k, v in params.items() if not k.startswith("cluster.")}
+        params["cluster.name"] = "local"
+    logger.log_params(params | {"monitor.knn_k": cfg.eval.k,
+                                "monitor.knn_temperature": cfg.eval.knn_temperature})  # fmt: skip
+    logger.set_tags({"git_commit": git_commit(), "method": cfg.method.name,
+                     "world_size": info.world_size, **tags})  # fmt: skip
+    if first:
+        logger.log_text(to_yaml(cfg), "config.yaml")
+    return logger
+
+
+def ask(on_metrics, step: int, knn: dict[str, float], info) -> str | None:
+    """Rank 0 asks ``on_metrics``; every rank follows: its reason to halt, or its error."""
+    halt, error = None, None
+    if on_metrics and info.is_main:
+        try:
+            halt = on_metrics(step, knn)
+        except Exception as exc:
+            error = exc
+    if distr.any_true(error is not None, info):
+        raise error or RuntimeError("stopped: rank 0's on_metrics raised")
+    if distr.any_true(bool(halt), info):
+        return halt or "halted by rank 0's on_metrics"
+    return None
+
+
 def train(
     cfg: DictConfig,
     *,
@@ -197,20 +245,7 @@ def train(
     method = build_method(cfg.method, cfg.backbone, cfg.aug).to(info.device)
     dataset, sampler, loader = build_loader(cfg.data, cfg.masks, cfg.aug, tc,
                                             method.num_boxes, method.input_kind, info)  # fmt: skip
-    if info.distributed and cfg.backbone.sync_bn:
-        method = distr.convert_sync_batchnorm(method, info.device)
-    # channels_last on CUDA only: torch's CPU kernels gain nothing from it, and torch 2.14's
-    # CPU conv backward segfaults on some channels_last shapes (seen at 64 px, batch 64)
-    channels_last = tc.channels_last and info.device.type == "cuda"
-    if channels_last:
-        method = method.to(memory_format=torch.channels_last)
-    model = (
-        DistributedDataParallel(
-            method, device_ids=[info.device] if info.device.type == "cuda" else None
-        )
-        if info.distributed
-        else method
-    )
+    method, model, channels_last = wrap_model(method, cfg.backbone.sync_bn, tc.channels_last, info)
     optimizer = build_optimizer(cfg.optim, method, tc.batch_size)
     scheduler = build_scheduler(cfg.optim, optimizer, tc.steps)
     amp = autocast_for(tc.precision, info.device)
@@ -225,27 +260,9 @@ def train(
             cfg = checkpoint.cfg = OmegaConf.merge(cfg, {"tracking": {"run_id": state["run_id"]}})
 
     # ---- tracking (rank 0 only) ------------------------------------------------------
-    logger = RunLogger(cfg.tracking, active=info.is_main, owner=True)
-    # eval.* holds the probes' settings (logged by whoever runs a probe); pretraining reads
-    # only the online kNN monitor's two
-    params = {k: v for k, v in flatten(cfg).items() if not k.startswith("eval.")}
-    if cfg.cluster.name == "local":  # SLURM settings mean nothing for a local run
-        params = {k: v for k, v in params.items() if not k.startswith("cluster.")}
-        params["cluster.name"] = "local"
-    logger.log_params(params | {"monitor.knn_k": cfg.eval.k,
-                                "monitor.knn_temperature": cfg.eval.knn_temperature})  # fmt: skip
-    logger.set_tags(
-        {
-            "git_commit": git_commit(),
-            "method": cfg.method.name,
-            "detlab.checkpoint": str(ckpt_path.resolve()),
-            "world_size": info.world_size,
-            **fingerprints(dataset),
-            **({"detlab.requeues": requeues} if requeues else {}),
-        }
-    )
-    if start_step == 0:
-        logger.log_text(to_yaml(cfg), "config.yaml")
+    tags = {"detlab.checkpoint": str(ckpt_path.resolve()), **fingerprints(dataset),
+            **({"detlab.requeues": requeues} if requeues else {})}  # fmt: skip
+    logger = start_tracking(cfg, info, tags, first=start_step == 0)
     monitor = None
     if tc.knn_every > 0:
         monitor = KnnMonitor(cfg.data, cfg.eval, cfg.aug.resolution,
@@ -315,16 +332,8 @@ def train(
                 knn = monitor(method.backbone)
                 metrics.update(knn)
                 logger.log_metrics(knn, step)
-                halt, error = None, None  # rank 0 decides; every rank follows
-                if on_metrics and info.is_main:
-                    try:
-                        halt = on_metrics(step, knn)
-                    except Exception as exc:
-                        error = exc
-                if distr.any_true(error is not None, info):
-                    raise error or RuntimeError("stopped: rank 0's on_metrics raised")
-                if distr.any_true(bool(halt), info):
-                    halted = halt or "halted by rank 0's on_metrics"
+                halted = ask(on_metrics, step, knn, info)
+                if halted:
                     break
             # checkpoints, and a clean stop when the launcher asks (preemption, timeout)
             stop = (stop_requested is not None

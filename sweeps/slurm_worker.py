@@ -69,7 +69,7 @@ class SweepWorkerJob(SlurmJob):
         """Ranks > 0: train every published trial config with rank 0 until it is done."""
         from omegaconf import OmegaConf
 
-        from detlab.platform.train import train
+        from detlab.platform.run import pretrain
 
         seen, trained = 0, 0
         while True:
@@ -78,7 +78,8 @@ class SweepWorkerJob(SlurmJob):
                 data = json.loads(message.read_text())
                 os.environ["MASTER_PORT"] = str(data["port"])
                 try:  # every rank polls `stop` each step: train() reduces it across ranks
-                    result = train(OmegaConf.create(data["cfg"]), stop_requested=stop)
+                    cfg = OmegaConf.create(data["cfg"])
+                    result = pretrain(cfg, here=True, stop_requested=stop)
                     trained += 1
                 except Exception as exc:  # failed: rank 0 tells Optuna
                     print(f"trial {seen} ended on this rank: {type(exc).__name__}: {exc}")
