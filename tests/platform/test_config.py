@@ -14,8 +14,39 @@ def test_default_composes_with_every_group():
 
 @pytest.mark.parametrize("method", group_options("method"))
 def test_every_method_yaml_fits_the_schema(method):
+    """Each method's YAML is typed by its own dataclass, the one its class names."""
+    from omegaconf import OmegaConf
+
+    from detlab.methods.registry import METHODS
+
     cfg = compose([f"method={method}"])
     assert cfg.method.name == method
+    assert OmegaConf.get_type(cfg.method) is METHODS[method].config_class
+
+
+def test_a_methods_own_keys_belong_to_it_alone():
+    """DetCon's mask count is not SimCLR's: refused, naming the method and listing its keys
+    (the README's example); MoCo's queue is set only with MoCo."""
+    with pytest.raises(ConfigError) as err:
+        compose(["method=simclr", "method.num_masks=8"])
+    msg = str(err.value)
+    assert "'num_masks' is not a key of method (simclr)" in msg and "temperature" in msg
+    assert "queue_size" not in msg
+    assert compose(["method=mocov2", "method.queue_size=128"]).method.queue_size == 128
+    assert compose(["method=detcon_s", "method.num_masks=8"]).method.num_masks == 8
+
+
+def test_tiny_preset_sizes_each_methods_own_fields():
+    """experiment=tiny: the shared sizes for every method, a method's own from
+    experiment/per_method/tiny_<method>.yaml, and keys given beside it still win."""
+    assert compose(["experiment=tiny", "method=mocov2"]).method.queue_size == 64
+    soco = compose(["experiment=tiny", "method=soco"]).method
+    assert (soco.fpn_channels, soco.head_hidden, soco.proj_hidden) == (32, 64, 64)
+    assert compose(["experiment=tiny", "method=simclr"]).method.proj_hidden == 64
+    assert compose(["method=mocov2"]).method.queue_size == 65536  # no preset: the YAML's
+    assert (
+        compose(["experiment=tiny", "method=detcon_b", "method.num_masks=2"]).method.num_masks == 2
+    )
 
 
 def test_unknown_key_names_key_and_valid_choices():
