@@ -261,7 +261,13 @@ def sweep_command(cfg: DictConfig, sub: str = "run", wait: bool = False, overrid
     try:
         sweep, base, url = prepare(cfg, overrides)
         if sub == "status":
-            study = optuna.load_study(study_name=sweep.name, storage=open_storage(url))
+            try:
+                study = optuna.load_study(study_name=sweep.name, storage=open_storage(url))
+            except KeyError:  # optuna: "Record does not exist."
+                raise SweepError(
+                    f"no sweep named {sweep.name!r} in {url}: start it with "
+                    f"`detlab sweep sweep={sweep.name}` (same sweep.storage / sweep.out_dir)"
+                ) from None
             end_stale_runs(study, cfg.cluster)
             print_status(status(study))
             return 0

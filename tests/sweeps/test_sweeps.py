@@ -198,3 +198,12 @@ def test_requeued_worker_resumes_its_trial(sweep_args, tmp_path, slurm_conf):
     assert max(steps) == 300 and len(steps) <= 300 + 20  # resumed, not restarted
     (run,) = children(tmp_path, study)
     assert int(run.data.tags["detlab.requeues"]) >= 1  # the trial went through a requeue
+
+
+def test_status_of_a_sweep_never_started_is_one_line(tmp_path, capsys):
+    argv = ["sweep", "status", "sweep=temperature", f"sweep.out_dir={tmp_path}/none"]
+    assert cli(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"detlab sweep: no sweep named 'temperature' in "
+                   f"sqlite:///{tmp_path}/none/optuna.db: start it with `detlab sweep "
+                   "sweep=temperature` (same sweep.storage / sweep.out_dir)"]  # fmt: skip
