@@ -192,12 +192,8 @@ def tiny_params():
         params["masks"]["workers"] = 1
         st = params["studies"]
         st["tracking_uri"] = f"sqlite:///{tmp}/mlflow.db"
-        st["common"] = [
-            "backbone=tiny", "optim=sgd", "optim.lr=0.05", "train.batch_size=8", "train.steps=3",
-            "train.progress=false", "method.proj_hidden=32", "method.proj_out=16",
-            "method.pred_hidden=32", "eval.epochs=3",
-        ]  # fmt: skip
-        st["method_overrides"] = ["method.num_masks=4"]
+        st["common"] = ["experiment=tiny", "train.steps=3", "eval.epochs=3"]
+        st["method_overrides"] = []  # the preset's (experiment/per_method/tiny_<method>.yaml)
         st["mask_quality"].update(masks=["grid", "gt", "global"], seeds=[0, 1], resolution=32,
                                   cells={"grid": [], "gt": [], "global": []})  # fmt: skip
         st["resolution"].update(masks=["gt"], resolutions=[40], seeds=[0], cells={"gt": []})
