@@ -249,10 +249,11 @@ def run_local(cfg: DictConfig) -> int:
     """`detlab pretrain` in this process (or a local submitit job's): the facade's run,
     printed; SIGTERM / SIGUSR2 stop it at a step boundary with a checkpoint."""
     from detlab.platform.checkpoint import CheckpointError
+    from detlab.platform.job import StopFlag
     from detlab.platform.run import pretrain
 
     try:
-        result = pretrain(cfg, here=True)
+        result = pretrain(cfg, here=True, stop_requested=StopFlag().install())
     except CheckpointError as exc:
         print(f"detlab pretrain: {exc}", file=sys.stderr)
         return 2

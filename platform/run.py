@@ -31,15 +31,13 @@ def pretraining_resolution(state: dict, default: int = 224) -> int:
     return int((config.get("aug") or {}).get("resolution") or default)
 
 
-def _train_here(cfg: DictConfig, on_metrics=None, stop_requested=None) -> TrainResult:
-    """train() in this process; without a caller's stop flag, SIGTERM / SIGUSR2 stop it at a
-    step boundary with a checkpoint (a local submitit job, a terminal's kill)."""
+def _train_in_job(cfg: DictConfig) -> TrainResult:
+    """A local submitit job's process: SIGTERM / SIGUSR2 stop the run at a step boundary
+    with a checkpoint, as on SLURM."""
     from detlab.platform.job import StopFlag
     from detlab.platform.train import train
 
-    if stop_requested is None:
-        stop_requested = StopFlag().install()
-    return train(cfg, on_metrics=on_metrics, stop_requested=stop_requested)
+    return train(cfg, stop_requested=StopFlag().install())
 
 
 def pretrain(
@@ -51,11 +49,11 @@ def pretrain(
 ) -> TrainResult:
     """Train ``cfg`` to its end (or a stop) where ``cfg.cluster`` says; see the module doc.
     ``on_metrics`` and ``stop_requested`` reach train() and so need this process."""
-    from detlab.platform.train import resolve_out_dir
+    from detlab.platform.train import resolve_out_dir, train
 
     cfg = resolve_out_dir(cfg)  # fixed now: a job or a requeue writes where we look
     if here or (cfg.cluster.name != "slurm" and cfg.cluster.executor != "submitit"):
-        return _train_here(cfg, on_metrics, stop_requested)
+        return train(cfg, on_metrics=on_metrics, stop_requested=stop_requested)
     if on_metrics is not None or stop_requested is not None:
         raise ValueError("on_metrics / stop_requested need the run in this process (here=True)")
     if cfg.cluster.name != "slurm":  # a local submitit job: its own process and log
@@ -63,7 +61,7 @@ def pretrain(
 
         ex = submitit.LocalExecutor(folder=str(Path(cfg.cluster.log_dir) / "%j"))
         ex.update_parameters(timeout_min=cfg.cluster.time_min)
-        return ex.submit(_train_here, cfg).result()
+        return ex.submit(_train_in_job, cfg).result()
     from detlab.platform.launch import submit, wait
     from detlab.platform.tracking import get_run
 
