@@ -70,17 +70,13 @@ class BoxNeck(nn.Module):
         rois = torch.cat([batch_idx[:, None].to(flat.dtype), flat], dim=1)  # [B*K, 5]
         side = ((flat[:, 2] - flat[:, 0]) * (flat[:, 3] - flat[:, 1])).clamp_min(0).sqrt()
         level = torch.bucketize(side, self.thresholds.to(side.dtype))  # [B*K] in 0..3
+        # every box pooled from every level, each kept from its own: picking the boxes of a
+        # level by index would read their count on the host (a GPU sync per level and view);
+        # RoIAlign of B*K boxes costs little beside the backbone
         out = feats[0].new_zeros(b * k, feats[0].shape[1], self.roi_size, self.roi_size)
-        for lvl, fmap in enumerate(feats):  # 4 levels, vectorised over boxes
-            idx = torch.nonzero(level == lvl).flatten()
-            if idx.numel():
-                out[idx] = roi_align(
-                    fmap,
-                    rois[idx],
-                    self.roi_size,
-                    spatial_scale=fmap.shape[-1] / image_size,
-                    sampling_ratio=2,
-                    aligned=True,
-                )
+        for lvl, fmap in enumerate(feats):
+            pooled = roi_align(fmap, rois, self.roi_size, spatial_scale=fmap.shape[-1] / image_size,
+                               sampling_ratio=2, aligned=True)  # fmt: skip
+            out = torch.where((level == lvl)[:, None, None, None], pooled.to(out.dtype), out)
         x = self.convs(out).flatten(1)  # [B*K, C*r*r]
         return self.fc(x).relu().view(b, k, -1)

@@ -41,6 +41,32 @@ def synthetic_batch(b: int, r: int, device, grid: int = 8) -> dict:
             "index": torch.arange(b, device=device), "step": 0, "seed": 0}  # fmt: skip
 
 
+def synthetic_box_batch(b: int, r: int, device, k: int = 4) -> dict:
+    """SoCo's input: V1, V2 at r px, V3 = V2 at r/2, K proposals per image (xyxy px)."""
+
+    def boxes(size: int) -> torch.Tensor:
+        xy = torch.rand(b, k, 2) * size / 2
+        wh = size / 8 + torch.rand(b, k, 2) * size / 2
+        return torch.cat([xy, (xy + wh).clamp(max=size)], -1).to(device)
+
+    b2 = boxes(r)
+    return {"v1": torch.randn(b, 3, r, r, device=device), "boxes1": boxes(r),
+            "v2": torch.randn(b, 3, r, r, device=device), "boxes2": b2,
+            "v3": torch.randn(b, 3, r // 2, r // 2, device=device), "boxes3": b2 / 2,
+            "box_valid": torch.ones(b, k, dtype=torch.bool, device=device),
+            "index": torch.arange(b, device=device), "step": 0, "seed": 0}  # fmt: skip
+
+
+def batch_for(method, b: int, r: int, device, channels_last: bool) -> dict:
+    make = synthetic_box_batch if method.input_kind == "boxes" else synthetic_batch
+    batch = make(b, r, device)
+    if channels_last:
+        for key, value in batch.items():
+            if torch.is_tensor(value) and value.ndim == 4:
+                batch[key] = value.contiguous(memory_format=torch.channels_last)
+    return batch
+
+
 def build(method_name: str, a, device, channels_last: bool):
     cfg = compose([f"method={method_name}", f"backbone={a.backbone}",
                    f"aug.resolution={a.resolution}", f"train.batch_size={a.batch}"])  # fmt: skip
@@ -74,10 +100,7 @@ def throughput(method_name: str, a, device) -> None:
     for precision in ("fp32", "bf16"):
         channels_last = precision == "bf16" and device.type == "cuda"
         cfg, method, opt = build(method_name, a, device, channels_last)
-        batch = synthetic_batch(a.batch, a.resolution, device)
-        if channels_last:
-            for k in ("view1", "view2"):
-                batch[k] = batch[k].contiguous(memory_format=torch.channels_last)
+        batch = batch_for(method, a.batch, a.resolution, device, channels_last)
         step = step_fn(method, opt, batch, autocast_for(precision, device))
         for _ in range(a.warmup):
             step()
@@ -109,7 +132,7 @@ def count_syncs(fn) -> int:
 
 def syncs_per_step(method_name: str, a, device) -> None:
     _, method, opt = build(method_name, a, device, True)
-    batch = synthetic_batch(a.batch, a.resolution, device)
+    batch = batch_for(method, a.batch, a.resolution, device, True)
     step = step_fn(method, opt, batch, autocast_for("bf16", device))
     step()
     n = 5
@@ -127,11 +150,13 @@ def syncs_per_step(method_name: str, a, device) -> None:
     data = generate_shapes(
         root / "shapes", seed=0, num_train=64, num_val=16, image_size=64, max_objects=3
     )
-    masks = generate("gt", data, root / "gt", workers=1, progress=False)
+    source = "ss" if method.input_kind == "boxes" else "gt"  # SoCo: selective-search boxes
+    masks = generate(source, data, root / source, workers=1, progress=False)
 
     def run(steps: int, tag: str) -> None:
         cfg = compose([f"method={method_name}", "backbone=small", "aug.resolution=64",
-                       f"data.root={data}", f"masks.path={masks}", "train.batch_size=16",
+                       f"data.root={data}", f"masks={source}", f"masks.path={masks}",
+                       "train.batch_size=16",
                        f"train.steps={steps}", "train.log_every=1000", "train.knn_every=0",
                        "train.checkpoint_every=1000", "train.progress=false",
                        f"train.out_dir={root}/{tag}", f"tracking.uri=sqlite:///{root}/ml.db",
