@@ -163,14 +163,14 @@ def probe(model, cfg, overrides: list[str], evals: list[str], resolution: int,
           pictures: Path | None = None) -> dict:  # fmt: skip
     """Run the study's probes on ``model`` (a checkpoint path, or a backbone in hand) at
     ``resolution``: flat metrics, the settings each probe used (``eval.<name>.<key>``),
-    chance levels and class names; prediction pictures go to ``pictures/<name>/`` when given. ``cfg``: the cell's composed
-    ``overrides`` (device, data)."""
+    chance levels and class names; prediction pictures go to ``pictures/<name>/`` when
+    given. ``cfg``: the cell's composed ``overrides`` (device, data)."""
     from detlab.methods.eval import eval_params
-    from detlab.platform.checkpoint import resolve
+    from detlab.platform.checkpoint import load_backbone
     from detlab.platform.run import evaluate
 
     if isinstance(model, str):
-        model = resolve(model)  # read once for every probe
+        model = load_backbone(model, cfg.backbone)  # loaded once for every probe
     metrics: dict[str, float] = {}
     settings: dict[str, object] = {}
     for name in evals:

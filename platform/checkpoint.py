@@ -226,11 +226,12 @@ def check_backbone(state: dict[str, Any], cfg: BackboneConfig) -> None:
         )
 
 
-def load_backbone(path_or_run_id: str, cfg: BackboneConfig, tracking_uri: str | None = None):
-    """The pretrained online backbone of a checkpoint, checked against ``cfg``."""
+def load_backbone(checkpoint: str | dict, cfg: BackboneConfig, tracking_uri: str | None = None):
+    """The pretrained online backbone of a checkpoint (path, MLflow run id, or a state
+    ``resolve`` already loaded), checked against ``cfg``."""
     from detlab.methods.backbones import build_backbone
 
-    state = resolve(path_or_run_id, tracking_uri)
+    state = checkpoint if isinstance(checkpoint, dict) else resolve(checkpoint, tracking_uri)
     check_backbone(state, cfg)
     backbone = build_backbone(cfg)
     backbone.load_state_dict(state["backbone"])
@@ -271,7 +272,7 @@ def export_command(cfg: DictConfig) -> int:
     try:
         state = resolve(cfg.checkpoint, cfg.tracking.uri)
         bb_cfg = OmegaConf.structured(BackboneConfig(**state["backbone_cfg"]))
-        backbone = load_backbone(state["path"], bb_cfg)
+        backbone = load_backbone(state, bb_cfg)
     except CheckpointError as exc:
         print(f"detlab export: {exc}")
         return 2

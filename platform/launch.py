@@ -140,6 +140,13 @@ class PretrainJob(SlurmJob):
         return result.status == "stopped"
 
 
+def local_executor(cluster: DictConfig) -> submitit.Executor:
+    """submitit's local executor: a job in its own process, logs under cluster.log_dir."""
+    ex = submitit.LocalExecutor(folder=str(Path(cluster.log_dir) / "%j"))
+    ex.update_parameters(timeout_min=cluster.time_min)
+    return ex
+
+
 def build_executor(cluster: DictConfig, folder: Path, name: str) -> submitit.Executor:
     """submitit's SLURM executor with the cluster group's resources."""
     os.environ.update(_slurm_env(cluster))
@@ -268,9 +275,7 @@ def pretrain_command(cfg: DictConfig, wait: bool = False) -> int:
     cfg = resolve_out_dir(cfg)  # fixed now: a local submitit job or a requeue keeps it
     if cfg.cluster.name != "slurm":
         if cfg.cluster.executor == "submitit":
-            ex = submitit.LocalExecutor(folder=str(Path(cfg.cluster.log_dir) / "%j"))
-            ex.update_parameters(timeout_min=cfg.cluster.time_min)
-            job = ex.submit(run_local, cfg)
+            job = local_executor(cfg.cluster).submit(run_local, cfg)
             print(f"local job {job.job_id}: logs {job.paths.stdout}")
             return job.result() if wait else 0
         return run_local(cfg)

@@ -56,13 +56,10 @@ def pretrain(
         return train(cfg, on_metrics=on_metrics, stop_requested=stop_requested)
     if on_metrics is not None or stop_requested is not None:
         raise ValueError("on_metrics / stop_requested need the run in this process (here=True)")
-    if cfg.cluster.name != "slurm":  # a local submitit job: its own process and log
-        import submitit
+    from detlab.platform.launch import local_executor, submit, wait
 
-        ex = submitit.LocalExecutor(folder=str(Path(cfg.cluster.log_dir) / "%j"))
-        ex.update_parameters(timeout_min=cfg.cluster.time_min)
-        return ex.submit(_train_in_job, cfg).result()
-    from detlab.platform.launch import submit, wait
+    if cfg.cluster.name != "slurm":  # a local submitit job: its own process and log
+        return local_executor(cfg.cluster).submit(_train_in_job, cfg).result()
     from detlab.platform.tracking import get_run
 
     job, run_id = submit(cfg)
@@ -89,18 +86,15 @@ def evaluate(
 ) -> dict[str, float]:
     """Protocol ``eval_cfg.name`` on ``model`` (a checkpoint path or MLflow run id, a
     resolved checkpoint state, or a backbone module); pictures go to ``out_dir``."""
-    from detlab.methods.backbones import build_backbone
     from detlab.methods.eval import run_eval
-    from detlab.platform.checkpoint import check_backbone, resolve
+    from detlab.platform.checkpoint import load_backbone, resolve
     from detlab.platform.distributed import resolve_device
 
     if isinstance(model, nn.Module):
         backbone = model
     else:
         state = model if isinstance(model, dict) else resolve(model, tracking_uri)
-        check_backbone(state, backbone_cfg)
-        backbone = build_backbone(backbone_cfg)
-        backbone.load_state_dict(state["backbone"])
+        backbone = load_backbone(state, backbone_cfg)
         if eval_cfg.resolution is None:  # default: probe at the pretraining resolution
             eval_cfg = OmegaConf.merge(eval_cfg, {"resolution": pretraining_resolution(state)})
     return run_eval(eval_cfg, backbone, data_cfg, resolve_device(device), out_dir, progress)

@@ -85,6 +85,26 @@ def create_run(cfg: TrackingConfig, tags: dict[str, str] | None = None) -> str:
     return run.info.run_id
 
 
+def _set_tags(client: MlflowClient, run_id: str, tags: dict[str, object]) -> None:
+    for key, value in tags.items():
+        client.set_tag(run_id, key, str(value))
+
+
+def _log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], step: int) -> None:
+    """One value per metric at ``step``, all with this moment's timestamp."""
+    ts = int(time.time() * 1000)
+    batch = [Metric(k, float(v), ts, step) for k, v in metrics.items()]
+    for i in range(0, len(batch), 500):  # MLflow takes at most 1000 per request
+        client.log_batch(run_id, metrics=batch[i : i + 500])
+
+
+def _end(client: MlflowClient, run_id: str, status: str, reason: str | None) -> None:
+    """End the run with ``status``; ``reason`` (why it FAILED or was KILLED) as a tag."""
+    if reason:
+        client.set_tag(run_id, STALE_REASON, reason[:5000])
+    client.set_terminated(run_id, status=status)
+
+
 def _log_new_params(client: MlflowClient, run_id: str, params: dict[str, object]) -> None:
     """Log the params the run does not have yet (MLflow params are write-once)."""
     existing = client.get_run(run_id).data.params
@@ -126,15 +146,11 @@ class RunLogger:
 
     def set_tags(self, tags: dict[str, str]) -> None:
         if self.active:
-            for k, v in tags.items():
-                self.client.set_tag(self.run_id, k, str(v))
+            _set_tags(self.client, self.run_id, tags)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        if not self.active or not metrics:
-            return
-        ts = int(time.time() * 1000)
-        batch = [Metric(k, float(v), ts, step) for k, v in metrics.items()]
-        self.client.log_batch(self.run_id, metrics=batch)
+        if self.active and metrics:
+            _log_metrics(self.client, self.run_id, metrics, step)
 
     def log_text(self, text: str, artifact_file: str) -> None:
         if self.active:
@@ -147,12 +163,10 @@ class RunLogger:
     def finish(self, status: str = "FINISHED", reason: str | None = None) -> None:
         if not self.active:
             return
-        if reason:
-            self.client.set_tag(self.run_id, STALE_REASON, reason[:5000])
         if "detlab.state" in self.client.get_run(self.run_id).data.tags:  # paused, then resumed
             self.client.delete_tag(self.run_id, "detlab.state")
         assert status in RunStatus.all_status() or status in ("FINISHED", "FAILED", "KILLED")
-        self.client.set_terminated(self.run_id, status=status)
+        _end(self.client, self.run_id, status, reason)
 
     def pause(self) -> None:
         """Leave the run RUNNING-but-detached for a requeued job to continue."""
@@ -241,18 +255,13 @@ def set_experiment_tag(uri: str, experiment_id: str, key: str, value: str) -> No
 @_store_call
 def set_tags(uri: str, run_id: str, tags: dict[str, object]) -> None:
     """Set each tag (values as strings), replacing what the run had under that key."""
-    client = _client(uri)
-    for key, value in tags.items():
-        client.set_tag(run_id, key, str(value))
+    _set_tags(_client(uri), run_id, tags)
 
 
 @_store_call
 def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
     """One value per metric at ``step``, all with this moment's timestamp."""
-    client, ts = _client(uri), int(time.time() * 1000)
-    batch = [Metric(k, float(v), ts, step) for k, v in metrics.items()]
-    for i in range(0, len(batch), 500):  # MLflow takes at most 1000 per request
-        client.log_batch(run_id, metrics=batch[i : i + 500])
+    _log_metrics(_client(uri), run_id, metrics, step)
 
 
 @_store_call
@@ -278,10 +287,7 @@ def mark_running(uri: str, run_id: str) -> None:
 def end_run(uri: str, run_id: str, status: str = "FINISHED", reason: str | None = None) -> None:
     """End the run with ``status`` and its end time; ``reason`` (why it FAILED or was
     KILLED) as its ``failure_reason`` tag."""
-    client = _client(uri)
-    if reason:
-        client.set_tag(run_id, STALE_REASON, reason)
-    client.set_terminated(run_id, status=status)
+    _end(_client(uri), run_id, status, reason)
 
 
 # ------------------------------------------------------------------ stale-run reconciliation
@@ -352,7 +358,6 @@ def reconcile(
         ):
             continue
         status, reason = verdict
-        client.set_tag(run.info.run_id, STALE_REASON, reason)
-        client.set_terminated(run.info.run_id, status=status)
+        _end(client, run.info.run_id, status, reason)
         ended.append((run.info.run_id, status, reason))
     return ended
