@@ -207,3 +207,65 @@ def seedwise_mean(groups: list[dict[int, float]]) -> dict[int, float]:
     """Per seed, the mean over ``groups`` (seed -> value each), for the seeds all share."""
     shared = set.intersection(*(set(g) for g in groups)) if groups else set()
     return {s: float(np.mean([g[s] for g in groups])) for s in sorted(shared)}
+
+
+def _level_permutation_slopes(yc: np.ndarray, xc: np.ndarray, sxx: float) -> np.ndarray:
+    """Per seed (row of ``yc``), the slope under every permutation of its levels: [S, L!]."""
+    perms = _all_permutations(yc.shape[1])
+    return np.stack([row[perms] @ xc / sxx for row in yc])
+
+
+def ladder_slope(
+    xs: list[float],
+    values: list[dict[int, float]],
+    level: float = 0.95,
+    n_mc: int = MC_PERMUTATIONS,
+    seed: int = 0,
+) -> dict:
+    """Slope of y on x across the levels of a ladder, seed effects removed.
+
+    ``xs[i]`` is level i's x (e.g. its ABO, or log2 of its region count), ``values[i]``
+    maps seed -> y. Only seeds present at every level count. Each seed's least-squares
+    slope over the levels is computed (its own offset removed); ``slope`` is their mean
+    (the pooled within-seed slope, as the xs are shared). CI: Student t over the per-seed
+    slopes (none below two seeds). p: exact two-sided permutation test of "the level does
+    not matter", permuting each seed's values across the levels independently, all
+    (L!)^S assignments when that is at most ~2e6, else ``n_mc`` random ones
+    (p = (1 + hits) / (1 + n_mc)); a hit is |mean slope| >= the observed |mean slope|.
+    Returns dict(slope, lo, hi, p, per_seed, n_seeds, n_levels, exact).
+    """
+    from scipy.stats import t as student_t
+
+    x = np.asarray(xs, dtype=float)
+    seeds = sorted(set.intersection(*(set(v) for v in values))) if values else []
+    out = dict(n_seeds=len(seeds), n_levels=len(x), exact=True)
+    if len(x) < 2 or np.ptp(x) == 0 or not seeds:
+        return out | dict(slope=float("nan"), lo=float("-inf"), hi=float("inf"), p=1.0,
+                          per_seed={})  # fmt: skip
+    y = np.array([[v[s] for v in values] for s in seeds], dtype=float)  # [S, L]
+    xc = x - x.mean()
+    sxx = float(xc @ xc)
+    yc = y - y.mean(axis=1, keepdims=True)
+    per_seed = yc @ xc / sxx  # [S]
+    slope = float(per_seed.mean())
+    if len(seeds) >= 2:
+        half = student_t.ppf(0.5 + level / 2, len(seeds) - 1) * per_seed.std(ddof=1)
+        lo, hi = slope - half / np.sqrt(len(seeds)), slope + half / np.sqrt(len(seeds))
+    else:
+        lo, hi = float("-inf"), float("inf")
+    threshold = abs(slope) - _TOL
+    perm = _level_permutation_slopes(yc, xc, sxx)  # [S, L!]
+    if perm.shape[1] ** len(seeds) <= 2_000_000:
+        totals = perm[0]
+        for row in perm[1:]:
+            totals = (totals[:, None] + row[None, :]).ravel()
+        p = float(np.mean(np.abs(totals / len(seeds)) >= threshold))
+    else:
+        rng = np.random.default_rng(seed)
+        draws = perm[
+            np.arange(len(seeds))[:, None], rng.integers(0, perm.shape[1], (len(seeds), n_mc))
+        ]
+        p = float((1 + np.sum(np.abs(draws.mean(0)) >= threshold)) / (1 + n_mc))
+        out["exact"] = False
+    seeds_slopes = {s: float(b) for s, b in zip(seeds, per_seed, strict=True)}
+    return out | dict(slope=slope, lo=float(lo), hi=float(hi), p=p, per_seed=seeds_slopes)

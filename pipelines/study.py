@@ -1,6 +1,8 @@
 """Study cells: pretrain through the platform, probe, record; and the DVC stage running them.
 
     python -m detlab.pipelines.study run [--jobs N]        # every cell (the `studies` stage)
+    python -m detlab.pipelines.study run --studies methods --metrics metrics/ablations/methods \
+        --reuse metrics/studies                           # a named stage (ablations/dvc.yaml)
     python -m detlab.pipelines.study mask_quality --mask fh --seed 0
     python -m detlab.pipelines.study resolution --mask gt --resolution 32 --seed 0
     python -m detlab.pipelines.study reference --kind random --seed 0
@@ -30,12 +32,16 @@ from pathlib import Path
 import yaml
 
 from detlab.pipelines.study_views import axis_params
-from detlab.platform.compose import compose
+from detlab.platform.compose import compose, group_options
 from detlab.platform.config import TrackingConfig
 from detlab.platform.run import pretrain
 from detlab.platform.tracking import RunLogger, create_run
 
-STUDIES = ("mask_quality", "resolution")
+DEFAULT_STUDIES = ("mask_quality", "resolution")  # the `studies` stage (default `dvc repro`)
+# named stages of ablations/dvc.yaml (`dvc repro ablations/dvc.yaml:<study>`): one factor
+# at a time (mask_count), SoCo's proposals, every method against random init (methods)
+ABLATIONS = ("mask_count", "soco_proposals", "methods")
+STUDIES = DEFAULT_STUDIES + ABLATIONS
 HEALTH = ("loss", "rep_std", "knn_top1")  # last logged values of the pretraining run
 
 
@@ -82,11 +88,13 @@ def study_cell_key(params: dict, study: str, mask: str, seed: int, resolution: i
                    inputs: str | None = None) -> str:  # fmt: skip
     """A study cell's key; ``inputs``: its inputs_fingerprint when already known."""
     overrides = cell_overrides(params, study, mask, seed, resolution)
-    return cell_key(overrides, inputs or inputs_fingerprint(params, mask))
+    return cell_key(
+        overrides, inputs or inputs_fingerprint(params, cell_row(params, study, mask)[1])
+    )
 
 
 def cell_name(study: str, mask: str, seed: int, resolution: int | None) -> str:
-    return f"{mask}-s{seed}" if study == "mask_quality" else f"{mask}-r{resolution}-s{seed}"
+    return f"{mask}-r{resolution}-s{seed}" if study == "resolution" else f"{mask}-s{seed}"
 
 
 def probe_resolution(params: dict) -> int:
@@ -94,38 +102,68 @@ def probe_resolution(params: dict) -> int:
     return int(st.get("probe_resolution") or st["mask_quality"]["resolution"])
 
 
-def study_method(st: dict) -> str:
-    """The object-level method a study trains (``studies.method``)."""
-    return st.get("method", "detcon_b")
+def study_method(st: dict, study: str | None = None) -> str:
+    """The object-level method a study trains: its own ``method``, else ``studies.method``."""
+    return (st.get(study) or {}).get("method") or st.get("method", "detcon_b")
 
 
 def cell_method(method: str, mask: str) -> str:
     """The method a cell trains: the study's, or for the global-mask cell (the image-level
-    baseline) the method's image-level counterpart (DetCon-B: BYOL; DetCon-S: SimCLR)."""
-    from detlab.methods.registry import IMAGE_BASELINE
+    baseline) an object-level method's image-level counterpart (DetCon-B: BYOL; DetCon-S:
+    SimCLR); an image-level method is its own."""
+    from detlab.methods.registry import IMAGE_BASELINE, METHODS
 
-    if mask != "global":
-        return method
-    if method not in IMAGE_BASELINE:
-        raise ValueError(
-            f"studies.method={method!r} has no image-level baseline for the global cell; "
-            f"one of {sorted(IMAGE_BASELINE)}"
-        )
-    return IMAGE_BASELINE[method]
+    if method not in METHODS:
+        raise ValueError(f"studies.method={method!r} is not a method; one of {sorted(METHODS)}")
+    return IMAGE_BASELINE.get(method, method) if mask == "global" else method
+
+
+def method_overrides(st: dict, method: str) -> list[str]:
+    """A method's own keys and its schedule at the study's scale (``studies.method_overrides.
+    <method>``), given to every cell that trains it; a plain list belongs to studies.method."""
+    own = st.get("method_overrides") or {}
+    if isinstance(own, list):
+        return own if method == study_method(st) else []
+    return list(own.get(method) or [])
+
+
+def cell_row(params: dict, study: str, name: str) -> tuple[str, str]:
+    """A cell's (method, mask set): a study of ``rows`` names both per row (``methods``:
+    {row: {method, mask}}), the others train their method on the cell's mask set."""
+    st = params["studies"]
+    rows = st[study].get("rows")
+    if rows is None:
+        return cell_method(study_method(st, study), name), name
+    if name not in rows:
+        raise ValueError(f"studies.{study}.rows has no row {name!r}; rows: {sorted(rows)}")
+    return rows[name]["method"], rows[name].get("mask", "global")
+
+
+def mask_kind_of(params: dict, mask: str) -> str:
+    """The masks/ config a mask set composes with: its own YAML when one exists, else that
+    of its generator's kind (boxes: ss, per-pixel ids: gt), given the set's name and path."""
+    from detlab.pipelines.masks.generators import KIND, split_params
+
+    if mask in group_options("masks"):
+        return mask
+    generator, _ = split_params(mask, (params.get("masks", {}).get("methods") or {}).get(mask))
+    return "ss" if KIND.get(generator) == "boxes" else "gt"
 
 
 def cell_overrides(params: dict, study: str, mask: str, seed: int, resolution: int) -> list[str]:
     st = params["studies"]
     spec = st[study]
-    mask_path = [] if mask == "global" else [f"masks.path={params['masks']['out']}/{mask}"]
-    method = cell_method(study_method(st), mask)
-    own = st.get("method_overrides", []) if method == study_method(st) else []
+    method, masks = cell_row(params, study, mask)
+    mask_path = [] if masks == "global" else [f"masks.path={params['masks']['out']}/{masks}"]
+    kind = mask_kind_of(params, masks)
+    named = [] if kind == masks else [f"masks.name={masks}"]
     return [
         *st["common"],
-        *own,
+        *method_overrides(st, method),
         *spec.get("overrides", []),
         f"method={method}",
-        f"masks={mask}",
+        f"masks={kind}",
+        *named,
         *mask_path,
         f"data.root={params['prepare']['out']}",
         f"train.seed={seed}",
@@ -252,7 +290,8 @@ def run_cell(
     log_probes(logger, probed, pictures)
     logger.log_params(axis_params(mask, cfg.method.name, resolution, seed))
     logger.finish("FINISHED")
-    quality_file = Path(params.get("quality_dir", "metrics/mask_quality")) / f"{mask}.json"
+    mask_set = cell_row(params, study, mask)[1]
+    quality_file = Path(params.get("quality_dir", "metrics/mask_quality")) / f"{mask_set}.json"
     quality = json.loads(quality_file.read_text()) if quality_file.exists() else {}
     from detlab.platform.tracking import log_metrics, set_tags
 
@@ -261,7 +300,9 @@ def run_cell(
         tracking_uri, run_id, {"detlab.study": study, "detlab.cell": name, "detlab.role": "cell"}
     )
     mask_quality = {
-        f"mask_{q}": quality[q] for q in ("abo", "recall50") if quality.get(q) is not None
+        f"mask_{q}": quality[q]
+        for q in ("abo", "recall50", "purity", "masks_per_image")
+        if quality.get(q) is not None
     }
     log_metrics(tracking_uri, run_id, mask_quality)
     record = {
@@ -272,8 +313,11 @@ def run_cell(
         "resolution": resolution,
         "probe_resolution": probe_resolution(params),
         "method": cfg.method.name,
+        "masks": mask_set,
         "abo": quality.get("abo"),
         "recall50": quality.get("recall50"),
+        "purity": quality.get("purity"),
+        "masks_per_image": quality.get("masks_per_image"),
         "metrics": metrics,
         "chance": probed["chance"],
         "classes": probed["classes"],
@@ -301,6 +345,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("study", choices=["run", *STUDIES, "reference"])
     p.add_argument("--jobs", type=int, default=None, help="run: cells at a time (studies.jobs)")
+    p.add_argument(
+        "--studies",
+        nargs="+",
+        choices=STUDIES,
+        default=list(DEFAULT_STUDIES),
+        help="run: the studies of this stage (default: the `studies` stage's)",
+    )
+    p.add_argument("--reuse", nargs="*", type=Path, default=[],
+                   help="run: metrics folders of other stages whose records of the same key "
+                   "are copied instead of retrained")  # fmt: skip
     p.add_argument("--mask", help="mask source (studies)")
     p.add_argument("--kind", choices=REFERENCES, help="reference kind (reference)")
     p.add_argument("--seed", type=int, default=0)
@@ -317,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
         end_with_dvc("studies")  # `kill -9 dvc repro` ends this stage (and so its workers)
 
         try:
-            run_studies(params, Path(args.metrics), Path(args.outputs), args.jobs)
+            run_studies(params, Path(args.metrics), Path(args.outputs), args.jobs,
+                        studies=tuple(args.studies), reuse=args.reuse)  # fmt: skip
         except StudyFailure as e:
             print(f"error: {e}", file=sys.stderr)
             return 1

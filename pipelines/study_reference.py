@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from detlab.pipelines.study import (
-    STUDIES,
+    DEFAULT_STUDIES,
     cell_key,
     inputs_fingerprint,
     log_probes,
@@ -48,11 +48,16 @@ def reference_key(params: dict, kind: str, seed: int, inputs: str | None = None)
 
 
 def run_reference(
-    params: dict, kind: str, seed: int, metrics_root: Path, key: str | None = None
+    params: dict,
+    kind: str,
+    seed: int,
+    metrics_root: Path,
+    key: str | None = None,
+    studies: tuple[str, ...] = DEFAULT_STUDIES,
 ) -> dict:
     """A reference row: the study backbone randomly initialised (``random``) or trained on
     the segmentation labels with a pretraining cell's budget (``supervised``), probed like
-    every cell and logged to each study's MLflow experiment."""
+    every cell and logged to the MLflow experiment of each of ``studies``."""
     from detlab.methods.backbones import build_backbone
     from detlab.platform.train import seed_everything
 
@@ -87,7 +92,7 @@ def run_reference(
     name = f"{kind}-s{seed}"
     tracking_uri = st.get("tracking_uri", "sqlite:///mlflow.db")
     run_ids = {}
-    for study in STUDIES:
+    for study in studies:
         tracking = TrackingConfig(uri=tracking_uri, experiment=f"study-{study}")
         logger = RunLogger(
             TrackingConfig(

@@ -27,18 +27,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from detlab.pipelines.study import (
-    STUDIES,
+    DEFAULT_STUDIES,
     cell_name,
     cell_overrides,
+    cell_row,
     dataset_fingerprint,
     inputs_fingerprint,
     parent_run,
     run_cell,
     study_cell_key,
     study_method,
+    write_record,
 )
 from detlab.pipelines.study_reference import reference_key, reference_overrides, run_reference
-from detlab.pipelines.study_views import install_view
+from detlab.pipelines.study_views import axis_params, install_view
 from detlab.platform.cli import one_line
 from detlab.platform.config import TrackingConfig
 from detlab.platform.lifecycle import exit_with_parent
@@ -58,7 +60,24 @@ DESCRIPTIONS = {  # each study experiment's description in the MLflow UI
         "every cell is probed at the same resolution. The 64 px cells are the mask-quality "
         "study's. The parent run `study: resolution` holds the report."
     ),
+    "mask_count": (
+        "{method}, one factor at a time: a quality ladder (ground truth with its boundaries "
+        "warped, the number of regions fixed) and a count ladder (ground-truth regions split "
+        "into 2 and 4 parts, every mask inside one object). Read `seg_miou_objects` per "
+        "`detlab.cell` against `mask_abo` / `mask_count`; the parent run holds the slopes."
+    ),
+    "soco_proposals": (
+        "{method} with selective-search, ground-truth and random boxes (box ABO: `mask_abo`); "
+        "the parent run `study: soco_proposals` holds the report."
+    ),
+    "methods": (
+        "Every method at the same budget against random init (the references), 3 seeds "
+        "each; the parent run `study: methods` holds the table with each gain's CI."
+    ),
 }
+
+
+METHOD_COST = {"soco": 2.5, "detcon_b": 1.2, "byol": 1.2, "mocov2": 1.1}  # x DetCon-S's step
 
 
 class StudyFailure(RuntimeError):
@@ -84,22 +103,25 @@ def description(st: dict, study: str) -> str:
     """The study experiment's description, naming the methods its cells train."""
     from detlab.methods.registry import IMAGE_BASELINE, title
 
-    method = study_method(st)  # a study without a global cell may have no baseline: "?"
+    method = study_method(st, study)  # a study without a global cell may have no baseline: "?"
     baseline = title(IMAGE_BASELINE.get(method))
     return DESCRIPTIONS[study].format(method=title(method), baseline=baseline)
 
 
-def plan(params: dict) -> list[Cell]:
-    """Every cell of both studies and every reference in ``params``, longest first."""
+def plan(params: dict, studies: tuple[str, ...] = DEFAULT_STUDIES) -> list[Cell]:
+    """Every cell of ``studies`` and every reference in ``params``, longest first."""
     st = params["studies"]
     cells = []
-    for study in STUDIES:
-        spec = st[study]
+    for study in studies:
+        spec = st.get(study)
+        if spec is None:
+            raise ValueError(f"params.yaml has no studies.{study}")
         resolutions = spec.get("resolutions") or [spec.get("resolution")]
-        for mask in spec["masks"]:
+        for mask in spec.get("rows") or spec["masks"]:
             for res in resolutions:
                 for seed in spec["seeds"]:
-                    cost = 0.2 + (int(res) / 64) ** 2  # pretraining ~ pixels; probes fixed
+                    method = cell_row(params, study, mask)[0]  # pretraining ~ pixels x method
+                    cost = 0.2 + (int(res) / 64) ** 2 * METHOD_COST.get(method, 1.0)
                     cells.append(Cell(study, cell_name(study, mask, seed, res), int(seed), mask,
                                       int(res), cost=cost))  # fmt: skip
     refs = st.get("references", {}) or {}
@@ -114,11 +136,12 @@ def planned_keys(params: dict, cells: list[Cell]) -> dict[Cell, str]:
     """Every cell's key, the dataset fingerprinted once (it stats every image) and each mask
     set once, not once per cell."""
     dataset = dataset_fingerprint(params)
-    inputs = {m: inputs_fingerprint(params, m, dataset) for m in {c.mask for c in cells}}
+    sets = {c: None if c.kind else cell_row(params, c.study, c.mask)[1] for c in cells}
+    inputs = {m: inputs_fingerprint(params, m, dataset) for m in set(sets.values())}
     return {
-        c: reference_key(params, c.kind, c.seed, inputs[c.mask])
+        c: reference_key(params, c.kind, c.seed, inputs[None])
         if c.kind is not None
-        else study_cell_key(params, c.study, c.mask, c.seed, c.resolution, inputs[c.mask])
+        else study_cell_key(params, c.study, c.mask, c.seed, c.resolution, inputs[sets[c]])
         for c in cells
     }
 
@@ -134,12 +157,13 @@ def is_done(metrics_root: Path, cell: Cell, key: str) -> bool:
         return False
 
 
-def remove_stale(metrics_root: Path, cells: list[Cell], uri: str | None = None) -> list[Path]:
+def remove_stale(metrics_root: Path, cells: list[Cell], uri: str | None = None,
+                 studies: tuple[str, ...] = DEFAULT_STUDIES) -> list[Path]:  # fmt: skip
     """Delete records of cells that ``params.yaml`` no longer has (their MLflow runs are
     tagged ``detlab.role=removed``); return them."""
     keep = {record_path(metrics_root, c) for c in cells}
     stale = []
-    for folder in {*STUDIES, REFERENCES_DIR}:
+    for folder in {*studies, REFERENCES_DIR}:
         for f in sorted((metrics_root / folder).glob("*.json")):
             if f not in keep:
                 if uri:
@@ -174,11 +198,12 @@ def check_cells(params: dict, cells: list[Cell]) -> None:
         raise StudyFailure("study cells are misconfigured (nothing ran):\n  " + "\n  ".join(errors))
 
 
-def run_one(params: dict, cell: Cell, metrics_root: Path, outputs_root: Path, key: str) -> dict:
+def run_one(params: dict, cell: Cell, metrics_root: Path, outputs_root: Path, key: str,
+            studies: tuple[str, ...] = DEFAULT_STUDIES) -> dict:  # fmt: skip
     """One cell or reference, in this process (a pool worker calls this). ``key`` is the one
     planned before any cell ran, so code edited meanwhile cannot make the record stale."""
     if cell.kind is not None:
-        return run_reference(params, cell.kind, cell.seed, metrics_root, key)
+        return run_reference(params, cell.kind, cell.seed, metrics_root, key, studies)
     return run_cell(params, cell.study, cell.mask, cell.seed, cell.resolution, metrics_root,
                     outputs_root, key)  # fmt: skip
 
@@ -234,38 +259,97 @@ def end_parents(uri: str, parents: dict[str, str], failures: list[str]) -> None:
         end_run(uri, run_id, status="FAILED" if mine else "FINISHED")
 
 
+def records_by_key(roots: list[Path]) -> dict[str, Path]:
+    """key -> record file, over the records under ``roots`` (``<root>/<study>/*.json``)."""
+    found = {}
+    for root in roots:
+        for f in sorted(Path(root).glob("*/*.json")):
+            try:
+                found.setdefault(json.loads(f.read_text())["key"], f)
+            except (OSError, ValueError, KeyError):
+                continue
+    return found
+
+
+def adopt(source: Path, cell: Cell, metrics_root: Path, uri: str, parents: dict[str, str]) -> dict:
+    """Another stage's record of the same key (same overrides, code and inputs) becomes this
+    cell's: copied, not retrained. Its metrics are logged to a run in the experiment of its
+    study (a reference: of each study of ``parents``), tagged ``detlab.copy_of``, so that
+    every study's MLflow view has all its rows."""
+    from detlab.platform.tracking import RunLogger
+
+    record = json.loads(source.read_text()) | {"copied_from": str(source)}
+    origin = record.get("mlflow_run_id") or next(
+        iter(record.get("mlflow_run_ids", {}).values()), ""
+    )
+    row = cell.kind or cell.mask or ""
+    run_ids = {}
+    for study in [s for s in ([cell.study] if cell.kind is None else parents) if s in parents]:
+        tags = {"detlab.study": study, "detlab.role": "reference" if cell.kind else "cell",
+                "detlab.cell": cell.name, "detlab.copy_of": str(origin)}  # fmt: skip
+        name = f"reference: {cell.name}" if cell.kind else cell.name
+        logger = RunLogger(TrackingConfig(uri=uri, experiment=f"study-{study}", run_name=name,
+                                          parent_run_id=parents[study], tags=tags))  # fmt: skip
+        logger.log_params(axis_params(row, record.get("method") or "-",
+                                      int(record["resolution"]), int(record["seed"])))  # fmt: skip
+        logger.log_metrics({k: float(v) for k, v in record.get("metrics", {}).items()}, step=0)
+        logger.finish("FINISHED")
+        run_ids[study] = logger.run_id
+    if cell.kind is None:
+        record |= {"study": cell.study, "cell": cell.name, "mask": cell.mask,
+                   "masks": record.get("masks") or record.get("mask")}  # fmt: skip
+        record["mlflow_run_id"] = run_ids.get(cell.study, record.get("mlflow_run_id"))
+    elif run_ids:
+        record["mlflow_run_ids"] = run_ids
+    return write_record(record, record_path(metrics_root, cell))
+
+
 def run_studies(
     params: dict,
     metrics_root: Path,
     outputs_root: Path,
     jobs: int | None = None,
     out=sys.stdout,
+    studies: tuple[str, ...] = DEFAULT_STUDIES,
+    reuse: list[Path] | None = None,
 ) -> dict[str, list[str]]:
-    """Run every cell whose record is missing or stale; return {"ran", "kept", "removed"}.
-    Raises StudyFailure naming every failed cell after the others have finished."""
+    """Run every cell of ``studies`` whose record is missing or stale; return {"ran", "kept",
+    "removed", "copied"}. A cell whose key a record under ``reuse`` (another stage's
+    metrics) already holds is copied from it, not retrained. Raises StudyFailure naming
+    every failed cell after the others have finished."""
     st = params["studies"]
     jobs = int(jobs or st.get("jobs", 1))
     if jobs < 1:
         raise ValueError(f"studies.jobs must be >= 1, got {jobs}")
-    cells = plan(params)
+    cells = plan(params, studies)
     uri = st.get("tracking_uri", "sqlite:///mlflow.db")
-    removed = [str(p) for p in remove_stale(metrics_root, cells, uri)]
+    removed = [str(p) for p in remove_stale(metrics_root, cells, uri, studies)]
     keys = planned_keys(params, cells)
     todo = [c for c in cells if not is_done(metrics_root, c, keys[c])]
     kept = [c.label for c in cells if c not in todo]
+    elsewhere = records_by_key(reuse or [])
+    copies = [c for c in todo if keys[c] in elsewhere and c.kind is None]
+    refs_copied = [c for c in todo if keys[c] in elsewhere and c.kind is not None]
+    todo = [c for c in todo if keys[c] not in elsewhere]
     check_cells(params, todo)
     print(f"studies: {len(todo)} of {len(cells)} cells to run ({len(kept)} up to date), "
           f"{jobs} at a time", file=out, flush=True)  # fmt: skip
     parents, links = {}, {}
-    if todo:  # the parent runs exist before workers look them up (no race to create them)
+    # the parent runs exist before workers look them up (no race to create them)
+    if todo or copies or refs_copied:
         from detlab.platform.tracking import get_run, mark_running, set_experiment_tag
 
-        for study in STUDIES:
+        for study in studies:
             parents[study] = parent_run(TrackingConfig(uri=uri, experiment=f"study-{study}"), study)
             mark_running(uri, parents[study])  # children coming
             experiment = get_run(uri, parents[study]).experiment_id
             set_experiment_tag(uri, experiment, "mlflow.note.content", description(st, study))
             links[study] = install_view(uri, experiment)
+    for c in copies + refs_copied:  # a reference: logged to each study of this stage
+        adopt(elsewhere[keys[c]], c, metrics_root, uri, parents)
+    if copies or refs_copied:
+        print(f"studies: {len(copies) + len(refs_copied)} cells copied from records of the "
+              "same key (not retrained)", file=out, flush=True)  # fmt: skip
     failures: list[str] = []
     t0 = time.time()
 
@@ -283,7 +367,9 @@ def run_studies(
     if jobs == 1 or len(todo) <= 1:
         for i, cell in enumerate(todo, 1):
             try:
-                done(i, cell, run_one(params, cell, metrics_root, outputs_root, keys[cell]))
+                done(
+                    i, cell, run_one(params, cell, metrics_root, outputs_root, keys[cell], studies)
+                )
             except Exception as e:  # noqa: BLE001 - reported with the cell, the rest goes on
                 done(i, cell, error=e)
     else:
@@ -291,7 +377,7 @@ def run_studies(
         with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=ctx,
                                  initializer=exit_with_parent) as pool:  # fmt: skip
             running: dict[Future, Cell] = {
-                pool.submit(run_one, params, c, metrics_root, outputs_root, keys[c]): c
+                pool.submit(run_one, params, c, metrics_root, outputs_root, keys[c], studies): c
                 for c in todo
             }
             finished = 0
@@ -313,4 +399,5 @@ def run_studies(
             f"{len(failures)} of {len(todo)} study cells failed (finished ones are kept; "
             "rerun to retry the rest):\n  " + "\n  ".join(failures)
         )
-    return {"ran": [c.label for c in todo], "kept": kept, "removed": removed}
+    copied = [c.label for c in copies + refs_copied]
+    return {"ran": [c.label for c in todo], "kept": kept, "removed": removed, "copied": copied}

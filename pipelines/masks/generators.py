@@ -10,6 +10,19 @@
 - ``ss``: selective-search boxes (see ``selective_search.py``).
 - ``global``: one mask covering the image (DetCon reduces to SimCLR / BYOL); stored so
   the global baseline's mask quality is measured like the others'.
+
+Controlled mask sets, for studies that vary one factor at a time (``mask_count``):
+- ``gt_warp``: the ground truth with its boundaries moved by a smooth random displacement
+  field of ``amplitude`` px (a quality ladder: the regions stay, their overlap with the
+  objects falls as the amplitude grows).
+- ``gt_split``: each ground-truth region (background included) cut into ``parts`` pieces
+  of about equal area (a count ladder: every piece lies inside one object, purity 1).
+- ``gt_boxes`` / ``random_boxes``: SoCo proposals from the ground truth, or random boxes
+  passing SoCo's size filter (the proposal-quality ablation).
+
+A mask set in ``params.yaml`` (``masks.methods.<name>``) runs the generator of its own name,
+or the one its ``generator`` key names (``gt_warp8: {generator: gt_warp, amplitude: 8}``).
+Randomised generators draw from (``seed``, image index): deterministic, any shard order.
 Ids beyond 255 (many FH segments) are folded into 255, so masks fit in uint8.
 """
 
@@ -32,9 +45,21 @@ DEFAULTS: dict[str, dict] = {
     },  # fmt: skip
     "gt": {},
     "global": {},
+    "gt_warp": {"amplitude": 8.0, "cells": 4, "seed": 0},
+    "gt_split": {"parts": 2},
+    "gt_boxes": {},
+    "random_boxes": {"n": 8, "min_scale": 0.3, "max_scale": 0.8, "max_ratio": 3.0, "seed": 0},
 }
 KIND = {"grid": "mask", "fh": "mask", "slic": "mask", "gt": "mask", "ss": "boxes",
-        "global": "mask"}  # fmt: skip
+        "global": "mask", "gt_warp": "mask", "gt_split": "mask", "gt_boxes": "boxes",
+        "random_boxes": "boxes"}  # fmt: skip
+NEEDS_INSTANCES = ("gt", "gt_warp", "gt_split", "gt_boxes")
+
+
+def split_params(name: str, params: dict | None) -> tuple[str, dict]:
+    """A mask set's (generator, its params): ``generator`` names it, else the set's name."""
+    params = dict(params or {})
+    return str(params.pop("generator", name)), params
 
 
 def fold_ids(ids: np.ndarray) -> np.ndarray:
@@ -76,14 +101,80 @@ def gt_masks(instances: np.ndarray, height: int, width: int) -> np.ndarray:
     return fold_ids(ids)
 
 
+def image_rng(seed: int, index: int) -> np.random.Generator:
+    return np.random.default_rng([int(seed), int(index)])
+
+
+def gt_warp(ids: np.ndarray, rng: np.random.Generator, amplitude=8.0, cells=4) -> np.ndarray:
+    """ids [H, W] -> ids read at (y + dy, x + dx): a displacement field drawn uniformly in
+    [-amplitude, amplitude] px on a (cells+1)^2 lattice and interpolated bilinearly, so
+    boundaries move smoothly; amplitude 0 returns ``ids``."""
+    from skimage.transform import resize
+
+    h, w = ids.shape
+    if amplitude <= 0:
+        return ids.copy()
+    lattice = rng.uniform(-amplitude, amplitude, size=(2, cells + 1, cells + 1))
+    dy, dx = (resize(f, (h, w), order=1, mode="edge", anti_aliasing=False) for f in lattice)
+    yy = np.clip(np.rint(np.arange(h)[:, None] + dy), 0, h - 1).astype(np.int64)
+    xx = np.clip(np.rint(np.arange(w)[None, :] + dx), 0, w - 1).astype(np.int64)
+    return ids[yy, xx]
+
+
+def gt_split(ids: np.ndarray, parts=2) -> np.ndarray:
+    """Cut every region of ``ids`` into ``parts`` (a power of two) pieces of about equal
+    area: each cut halves a piece at the median along its longer extent. Pieces are
+    numbered region by region (parts ids each), so every piece lies inside one region."""
+    levels = int(np.log2(parts))
+    if parts < 1 or 2**levels != parts:
+        raise ValueError(f"gt_split: parts must be a power of two, got {parts}")
+    out = np.zeros(ids.shape, np.int64)
+    for k, value in enumerate(np.unique(ids)):
+        ys, xs = np.nonzero(ids == value)
+        piece = np.zeros(len(ys), np.int64)
+        for _ in range(levels):
+            new = piece * 2
+            for p in np.unique(piece):
+                sel = piece == p
+                y, x = ys[sel], xs[sel]
+                coord = y if np.ptp(y) >= np.ptp(x) else x
+                upper = coord > np.median(coord)
+                if not upper.any():  # a piece one pixel wide: split by index instead
+                    upper = np.arange(len(coord)) >= len(coord) // 2
+                new[sel] += upper
+            piece = new
+        out[ys, xs] = k * parts + piece
+    return fold_ids(out)
+
+
+def random_boxes(height: int, width: int, rng: np.random.Generator, n=8, min_scale=0.3,
+                 max_scale=0.8, max_ratio=3.0) -> np.ndarray:  # fmt: skip
+    """``n`` boxes [n, 4] float32 xyxy placed uniformly, with SoCo's filter's size
+    (sqrt(wh) / sqrt(WH) in [min_scale, max_scale]) and aspect ratio (<= max_ratio)."""
+    scale = rng.uniform(min_scale, max_scale, n) * np.sqrt(height * width)
+    ratio = np.exp(rng.uniform(-np.log(max_ratio), np.log(max_ratio), n))  # w / h
+    bw = np.minimum(scale * np.sqrt(ratio), width)
+    bh = np.minimum(scale / np.sqrt(ratio), height)
+    x0, y0 = rng.uniform(0, width - bw), rng.uniform(0, height - bh)
+    return np.stack([x0, y0, x0 + bw, y0 + bh], 1).astype(np.float32)
+
+
 def generate_one(method: str, params: dict, dataset, index: int) -> np.ndarray:
-    """The mask (or boxes) of image ``index`` of ``dataset``."""
-    if method == "gt":
+    """The mask (or boxes) of image ``index`` of ``dataset``; ``method``: the generator."""
+    r = dataset.records[index]
+    if method in ("gt", "gt_warp", "gt_split"):
         masks, _ = dataset.instances(index)
-        r = dataset.records[index]
-        return gt_masks(np.asarray(masks, bool), r.height, r.width)
+        ids = gt_masks(np.asarray(masks, bool), r.height, r.width)
+        if method == "gt_warp":
+            p = dict(params)
+            return gt_warp(ids, image_rng(p.pop("seed"), index), **p)
+        return gt_split(ids, **params) if method == "gt_split" else ids
+    if method == "gt_boxes":
+        return np.asarray(dataset.boxes(index)[0], np.float32).reshape(-1, 4)
+    if method == "random_boxes":
+        p = dict(params)
+        return random_boxes(r.height, r.width, image_rng(p.pop("seed"), index), **p)
     if method == "global":
-        r = dataset.records[index]
         return np.zeros((r.height, r.width), np.uint8)
     image = dataset.load_image(index)
     if method == "grid":

@@ -2,7 +2,10 @@
 
 For every ground-truth instance: the best IoU over the image's masks (boxes: box IoU
 against the instance's box); ``abo`` is their mean, ``recall50`` the share >= 0.5,
-``masks_per_image`` the mean number of masks (or boxes). Written to a metrics JSON, logged
+``masks_per_image`` the mean number of masks (or boxes). ``purity`` (masks only): the share
+of pixels whose mask's majority ground-truth region (an object, or the background) is their
+own, i.e. how rarely a mask straddles a boundary; splitting objects keeps it at 1 while ABO
+falls, moving boundaries lowers both. Written to a metrics JSON, logged
 to MLflow (experiment ``mask-quality``, one run per mask set) with a PNG grid of examples.
 
     python -m detlab.pipelines.masks.quality --masks data/masks/fh --data data/shapes \
@@ -34,6 +37,18 @@ def best_overlaps(masks: np.ndarray, instances: np.ndarray) -> np.ndarray:
     return (inter / np.maximum(union, 1)).max(axis=1)
 
 
+def purity(masks: np.ndarray, instances: np.ndarray) -> float:
+    """masks [H, W] ids, instances [N, H, W] bool (later on top) -> the share of pixels
+    lying in their mask's majority region (objects and the background as regions)."""
+    regions = np.zeros(masks.shape, np.int64)
+    for k, m in enumerate(instances):
+        regions[m] = k + 1
+    _, mask_ids = np.unique(masks.reshape(-1), return_inverse=True)
+    counts = np.zeros((mask_ids.max() + 1, len(instances) + 1), np.int64)
+    np.add.at(counts, (mask_ids, regions.reshape(-1)), 1)
+    return float(counts.max(1).sum() / masks.size)
+
+
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """[N, 4] x [K, 4] xyxy -> [N, K]."""
     lt = np.maximum(a[:, None, :2], b[None, :, :2])
@@ -44,7 +59,7 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def measure(store: MaskStore, dataset, progress: bool = False) -> dict[str, float]:
-    best, counts = [], []
+    best, counts, pure = [], [], []
     for i in tqdm(range(len(dataset)), desc="mask quality", disable=not progress):
         if store.kind == "boxes":
             gt_boxes, _ = dataset.boxes(i)
@@ -58,11 +73,13 @@ def measure(store: MaskStore, dataset, progress: bool = False) -> dict[str, floa
             instances, _ = dataset.instances(i)
             counts.append(len(np.unique(masks)))
             best.append(best_overlaps(masks, np.asarray(instances, bool)))
+            pure.append(purity(masks, np.asarray(instances, bool)))
     scores = np.concatenate(best) if best else np.zeros(0)
     return {
         "abo": float(scores.mean()) if len(scores) else 0.0,
         "recall50": float((scores >= 0.5).mean()) if len(scores) else 0.0,
         "masks_per_image": float(np.mean(counts)) if counts else 0.0,
+        **({"purity": float(np.mean(pure))} if pure else {}),
         "num_images": len(dataset),
         "num_objects": int(len(scores)),
     }
@@ -110,7 +127,7 @@ def log_to_mlflow(uri: str, store: MaskStore, metrics: dict, plot: Path | None) 
     from detlab.platform.config import TrackingConfig
     from detlab.platform.tracking import create_run, end_run, log_artifact, log_metrics, log_params
 
-    name = store.meta["generator"]
+    name = Path(store.path).name  # the mask set (several sets share a generator)
     rid = create_run(TrackingConfig(uri=uri, experiment="mask-quality", run_name=name),
                      tags={"detlab.masks_fingerprint": store.meta["fingerprint"],
                            "detlab.data_fingerprint": store.meta["dataset_fingerprint"]})  # fmt: skip
@@ -144,9 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     plot = plot_examples(store, dataset, Path(a.plot)) if a.plot else None
     try:
         rid = log_to_mlflow(a.tracking_uri, store, metrics, plot)
-        print(f"{store.meta['generator']}: {metrics} (MLflow run {rid})")
+        print(f"{Path(a.masks).name}: {metrics} (MLflow run {rid})")
     except Exception as exc:  # the metrics file is written; tracking is best effort here
-        print(f"{store.meta['generator']}: {metrics} (MLflow logging failed: {exc})")
+        print(f"{Path(a.masks).name}: {metrics} (MLflow logging failed: {exc})")
     return 0
 
 

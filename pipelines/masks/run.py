@@ -28,7 +28,13 @@ from detlab.methods.datasets.mask_store import (
     shard_done,
     write_shard,
 )
-from detlab.pipelines.masks.generators import DEFAULTS, KIND, generate_one
+from detlab.pipelines.masks.generators import (
+    DEFAULTS,
+    KIND,
+    NEEDS_INSTANCES,
+    generate_one,
+    split_params,
+)
 
 _STATE: dict = {}
 
@@ -60,6 +66,7 @@ def generate(method: str, data_root, out, split: str = "train", workers: int = 1
     """
     from detlab.methods.datasets import open_dataset
 
+    method, params = split_params(method, params)  # a named set: {generator: ..., ...}
     if method not in DEFAULTS:
         raise ValueError(f"unknown mask method {method!r}; choose one of {sorted(DEFAULTS)}")
     unknown = set(params or {}) - set(DEFAULTS[method])
@@ -68,8 +75,8 @@ def generate(method: str, data_root, out, split: str = "train", workers: int = 1
                          f"valid: {sorted(DEFAULTS[method])}")  # fmt: skip
     params = {**DEFAULTS[method], **(params or {})}
     dataset = open_dataset(data_root, split, format=format)  # validates every image up front
-    if method == "gt" and not dataset.has_instances:
-        raise ValueError(f"masks gt: {data_root} ({split}) has no instance annotations")
+    if method in NEEDS_INSTANCES and not dataset.has_instances:
+        raise ValueError(f"masks {method}: {data_root} ({split}) has no instance annotations")
     out = Path(out)
     run_key = hashlib.sha256(json.dumps(
         [FORMAT, method, params, dataset.fingerprint, shard_size], sort_keys=True).encode()
@@ -124,7 +131,9 @@ def parse_params(items: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Generate a mask store (DVC stage masks@<method>).")
-    p.add_argument("--method", required=True, choices=sorted(DEFAULTS))
+    p.add_argument("--method", required=True,
+                   help=f"a generator ({', '.join(sorted(DEFAULTS))}) or a mask set of "
+                   "--params-file naming its generator")  # fmt: skip
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--split", default="train")

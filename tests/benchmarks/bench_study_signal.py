@@ -5,6 +5,9 @@ effect-to-noise ratios the study's acceptance rests on, for a few cells and seed
     python tests/benchmarks/bench_study_signal.py --seeds 100 101 --masks gt global
     python tests/benchmarks/bench_study_signal.py --metrics metrics/studies   # read only
     python tests/benchmarks/bench_study_signal.py --set train.steps=1000   # a bigger budget
+    python tests/benchmarks/bench_study_signal.py --method detcon_b         # gt and BYOL
+    python tests/benchmarks/bench_study_signal.py --method soco --masks ss
+    python tests/benchmarks/bench_study_signal.py --method vicreg           # global only
 
 Training runs the real study code (``detlab.pipelines.study``) with ``params.yaml``'s protocol
 on the dataset and masks that ``dvc repro`` built (``data/``), into a temporary folder and a
@@ -13,6 +16,11 @@ from the reported ones (0..2). Prints per row mean ± std over seeds of the head
 (object-class mIoU of the frozen linear segmentation probe) and, for each pretrained row,
 the gain over random init and gt - global with their effect size d (the difference over the
 seed std pooled over the two rows): the study asks for >= 3 and >= 2.
+
+``--method`` takes any method: an object-level one trains on ``--masks`` (default gt and
+global, the global cell being its image-level twin), an image-level one on the global mask.
+Each method gets its own keys and schedule from ``studies.method_overrides.<method>``;
+``--set method.<key>=...`` adds to those, other ``--set`` keys to ``studies.common``.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from detlab.methods.registry import IMAGE_BASELINE
 from detlab.pipelines.stats import pooled_std
 
 HEADLINE = "seg_miou_objects"
@@ -97,7 +106,12 @@ def report(records: list[dict]) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[100, 101, 102])
-    p.add_argument("--masks", nargs="+", default=["gt", "global"])
+    p.add_argument(
+        "--masks",
+        nargs="+",
+        default=None,
+        help="default: gt global (object-level methods), global (image-level)",
+    )
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--metrics", type=Path, help="read these study records instead of training")
     p.add_argument("--method", help="studies.method (default: params.yaml's)")
@@ -107,11 +121,17 @@ def main() -> None:
         records = read_records(args.metrics)
     else:
         params = yaml.safe_load(Path(args.params).read_text())
-        params["studies"]["common"] += args.set
-        if args.method:
-            params["studies"]["method"] = args.method
+        st = params["studies"]
+        method = st["method"] = args.method or st["method"]
+        own = [o for o in args.set if o.startswith("method.")]
+        st["common"] += [o for o in args.set if o not in own]
+        if isinstance(st.get("method_overrides"), dict):
+            st["method_overrides"][method] = [*st["method_overrides"].get(method, []), *own]
+        else:
+            st["method_overrides"] = [*st.get("method_overrides", []), *own]
+        masks = args.masks or (["gt", "global"] if method in IMAGE_BASELINE else ["global"])
         root = Path(tempfile.mkdtemp(prefix="bench-study-signal-"))
-        records = train_records(params, args.masks, args.seeds, root)
+        records = train_records(params, masks, args.seeds, root)
     report(records)
 
 

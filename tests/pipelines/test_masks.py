@@ -134,3 +134,66 @@ def test_the_stage_command_runs_two_workers_without_warnings(tiny_shapes, tmp_pa
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Warning" not in done.stderr and "leaked" not in done.stderr, done.stderr[-2000:]
     assert len(MaskStore.open(out)) == 12
+
+
+# ---------------------------------------------------------------- controlled mask sets
+def test_gt_split_cuts_every_region_into_equal_parts_inside_it():
+    from detlab.pipelines.masks.generators import gt_split
+
+    ids = np.zeros((8, 8), np.uint8)
+    ids[:, 4:] = 1  # two regions, 4 px wide and 8 tall: the first cut is across the rows
+    two = gt_split(ids, parts=2)
+    want = np.array([[0] * 4 + [2] * 4] * 4 + [[1] * 4 + [3] * 4] * 4)
+    assert np.array_equal(two, want)
+    four = gt_split(ids, parts=4)
+    assert len(np.unique(four)) == 8 and all((four == k).sum() == 8 for k in range(8))
+    for k in np.unique(four):  # every piece inside one region
+        assert len(np.unique(ids[four == k])) == 1
+    with pytest.raises(ValueError, match="power of two"):
+        gt_split(ids, parts=3)
+
+
+def test_gt_warp_keeps_the_regions_moves_the_boundaries_and_is_seeded():
+    from detlab.pipelines.masks.generators import gt_warp, image_rng
+
+    ids = np.zeros((64, 64), np.uint8)
+    ids[16:48, 16:48] = 1
+    assert np.array_equal(gt_warp(ids, image_rng(0, 3), amplitude=0), ids)
+    warped = gt_warp(ids, image_rng(0, 3), amplitude=6)
+    assert set(np.unique(warped)) == {0, 1}  # the same regions
+    moved = (warped != ids).mean()
+    assert 0 < moved < 0.2  # boundaries moved, the object still there
+    assert np.array_equal(warped, gt_warp(ids, image_rng(0, 3), amplitude=6))  # seeded
+    assert not np.array_equal(warped, gt_warp(ids, image_rng(1, 3), amplitude=6))
+    assert (gt_warp(ids, image_rng(0, 3), amplitude=20) != ids).mean() > moved
+
+
+def test_random_boxes_have_socos_sizes_inside_the_image():
+    from detlab.pipelines.masks.generators import image_rng, random_boxes
+
+    boxes = random_boxes(90, 120, image_rng(0, 0), n=200)
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    scale = np.sqrt(w * h) / np.sqrt(90 * 120)
+    assert boxes.shape == (200, 4) and (boxes[:, :2] >= 0).all()
+    assert (boxes[:, 2] <= 120 + 1e-4).all() and (boxes[:, 3] <= 90 + 1e-4).all()
+    assert scale.min() >= 0.3 - 1e-3 and scale.max() <= 0.8 + 1e-3
+    assert (w / h).max() <= 3.0 + 1e-3 and (w / h).min() >= 1 / 3 - 1e-3
+
+
+def test_a_named_mask_set_runs_its_generator_with_its_params(tiny_shapes, tmp_path):
+    from detlab.pipelines.masks.run import main
+
+    params = tmp_path / "params.yaml"
+    params.write_text("masks:\n  methods:\n    split2: {generator: gt_split, parts: 2}\n")
+    out = tmp_path / "split2"
+    assert main(["--method", "split2", "--data", str(tiny_shapes), "--out", str(out),
+                 "--params-file", str(params)]) == 0  # fmt: skip
+    store, gt = MaskStore.open(out), open_dataset(tiny_shapes, "train")
+    assert store.meta["generator"] == "gt_split" and store.meta["params"] == {"parts": 2}
+    from detlab.pipelines.masks.generators import generate_one
+
+    assert np.array_equal(store.mask(0), generate_one("gt_split", {"parts": 2}, gt, 0))
+    assert len(np.unique(store.mask(0))) == 2 * len(np.unique(generate_one("gt", {}, gt, 0)))
+    params.write_text("masks:\n  methods:\n    bad: {generator: gt_split, prts: 2}\n")
+    assert main(["--method", "bad", "--data", str(tiny_shapes), "--out", str(tmp_path / "b"),
+                 "--params-file", str(params)]) == 2  # fmt: skip

@@ -59,3 +59,14 @@ def test_stage_writes_metrics_plot_and_mlflow_run(tiny_shapes, tmp_path):
     assert run.data.metrics["abo"] == pytest.approx(metrics["abo"])
     assert run.info.run_name == "ss"
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["ss.png"]
+
+
+def test_purity_hand_case():
+    from detlab.pipelines.masks.quality import purity
+
+    inst = np.zeros((1, 4, 4), bool)
+    inst[0, :, :2] = True  # the object: left half
+    split = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]])
+    assert purity(split, inst) == 1.0  # every mask inside one region
+    straddle = np.array([[0, 0, 0, 1]] * 4)  # mask 0: 8 object px + 4 background px
+    assert purity(straddle, inst) == pytest.approx((8 + 4) / 16)

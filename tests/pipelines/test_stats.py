@@ -166,3 +166,41 @@ def test_small_helpers():
     assert (d["mean"], d["std"], d["n"]) == (2.0, pytest.approx(math.sqrt(2)), 2)
     assert describe({0: 1.0})["std"] is None and describe({})["mean"] is None
     assert seedwise_mean([{0: 1.0, 1: 2.0}, {0: 3.0, 2: 5.0}]) == {0: 2.0}
+
+
+def test_ladder_slope_known_small_cases():
+    from detlab.pipelines.stats import ladder_slope
+
+    # two seeds, three levels, y = x + a seed offset: only both identities and both reversals
+    # reach |slope| 1 among the 6 x 6 within-seed permutations: p = 2 / 36
+    f = ladder_slope([1, 2, 3], [{0: 1.0, 1: 5.0}, {0: 2.0, 1: 6.0}, {0: 3.0, 1: 7.0}])
+    assert f["slope"] == pytest.approx(1.0) and f["p"] == pytest.approx(2 / 36)
+    assert f["lo"] == pytest.approx(1.0) and f["hi"] == pytest.approx(1.0)  # no spread
+    # per-seed slopes 1 and 3 (offsets cancel): mean 2, t CI 2 +- t(0.975, 1) * sqrt(2) / sqrt(2)
+    f = ladder_slope([0, 1], [{0: 10.0, 1: -4.0}, {0: 11.0, 1: -1.0}])
+    assert f["per_seed"] == {0: pytest.approx(1.0), 1: pytest.approx(3.0)}
+    half = sps.t.ppf(0.975, 1) * math.sqrt(2) / math.sqrt(2)
+    assert (f["lo"], f["hi"]) == (pytest.approx(2 - half), pytest.approx(2 + half))
+    assert f["p"] == pytest.approx(2 / 4)  # 2 x 2 assignments; |mean| 2 at (1, 3), (-1, -3)
+
+
+def test_ladder_slope_matches_brute_force_and_ignores_seed_offsets():
+    from detlab.pipelines.stats import ladder_slope
+
+    rng = np.random.default_rng(3)
+    xs = [0.2, 0.5, 0.7, 1.0]
+    y = rng.normal(size=(3, 4)) + np.array([[0.0], [5.0], [-2.0]])  # seeds with offsets
+    values = [{s: float(y[s, i]) for s in range(3)} for i in range(4)]
+    f = ladder_slope(xs, values)
+    xc = np.array(xs) - np.mean(xs)
+    slopes = [
+        np.mean([(y[s][list(p)] - y[s].mean()) @ xc / (xc @ xc) for s, p in enumerate(ps)])
+        for ps in itertools.product(itertools.permutations(range(4)), repeat=3)
+    ]
+    assert f["p"] == pytest.approx(np.mean(np.abs(slopes) >= abs(f["slope"]) - 1e-12))
+    shifted = [{s: v + 100.0 * s for s, v in d.items()} for d in values]
+    assert ladder_slope(xs, shifted)["slope"] == pytest.approx(f["slope"])
+    one = ladder_slope(xs, [{0: v[0]} for v in values])
+    assert one["lo"] == -math.inf and one["hi"] == math.inf  # one seed: no interval
+    missing = ladder_slope(xs, [values[0], values[1], values[2], {0: 1.0}])
+    assert missing["n_seeds"] == 1  # only seeds present at every level count

@@ -86,10 +86,12 @@ def test_the_global_cell_trains_the_methods_image_level_counterpart(method):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["studies"]["method"] = method
     if method == "soco":  # the study method's own keys: SoCo has boxes, not masks
-        params["studies"]["method_overrides"] = ["method.num_boxes=4"]
+        params["studies"]["method_overrides"] = {"soco": ["method.num_boxes=4"]}
     baseline = compose(cell_overrides(params, "mask_quality", "global", 0, 64)).method.name
     assert baseline == IMAGE_BASELINE[method] and baseline in METHODS
     assert compose(cell_overrides(params, "mask_quality", "gt", 0, 64)).method.name == method
-    params["studies"]["method"] = "vicreg"  # no object-level method: no baseline to name
-    with pytest.raises(ValueError, match="studies.method='vicreg' has no image-level"):
+    params["studies"]["method"] = "vicreg"  # an image-level method is its own baseline
+    assert compose(cell_overrides(params, "mask_quality", "global", 0, 64)).method.name == "vicreg"
+    params["studies"]["method"] = "detcon"
+    with pytest.raises(ValueError, match="studies.method='detcon' is not a method"):
         cell_overrides(params, "mask_quality", "global", 0, 64)

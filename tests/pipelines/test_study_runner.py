@@ -146,3 +146,57 @@ def test_misconfigured_cells_are_refused_before_any_compute(study_params, tmp_pa
     with pytest.raises(StudyFailure, match=r"nothing ran\):\n  mask_quality gt r32: .*steps"):
         run_studies(study_params, tmp_path / "metrics", tmp_path / "outputs", jobs=2)
     assert not list((tmp_path / "metrics").glob("*/*.json"))
+
+
+def test_the_ablations_are_planned_from_their_rows_and_masks():
+    params = repo_params()
+    st = params["studies"]
+    methods = plan(params, ("methods",))
+    cells = [c for c in methods if c.kind is None]
+    assert len(cells) == len(st["methods"]["rows"]) * len(st["methods"]["seeds"])
+    assert {c.mask for c in cells} == set(st["methods"]["rows"])
+    assert cells[0].mask == "soco"  # the costliest method first
+    count = [c for c in plan(params, ("mask_count",)) if c.kind is None]
+    assert {c.mask for c in count} == set(st["mask_count"]["masks"])
+    assert {c.name for c in count} >= {"gt_warp4-s0", "gt_split4-s2"}
+    with pytest.raises(ValueError, match="no studies.nope"):
+        plan(params, ("nope",))
+
+
+@pytest.mark.slow
+def test_an_ablation_copies_the_cells_another_stage_already_trained(study_params, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from detlab.pipelines.report_ablations import write
+
+    st = study_params["studies"]
+    st["mask_quality"].update(masks=["gt", "global"], seeds=[0])
+    st["methods"].update(seeds=[0], resolution=st["mask_quality"]["resolution"], rows={
+        "simclr": {"method": "simclr", "mask": "global"},
+        "detcon_s": {"method": "detcon_s", "mask": "gt"},
+        "vicreg": {"method": "vicreg", "mask": "global"}})  # fmt: skip
+    outputs = tmp_path / "outputs"
+    run_studies(study_params, tmp_path / "default", outputs, jobs=1)
+    result = run_studies(study_params, tmp_path / "abl", outputs, jobs=1, studies=("methods",),
+                         reuse=[tmp_path / "default"])  # fmt: skip
+    assert result["ran"] == ["methods vicreg-s0"]  # the only cell no other stage trained
+    assert sorted(result["copied"]) == [
+        "methods detcon_s-s0", "methods simclr-s0", "references random-s0"]  # fmt: skip
+    copied = json.loads((tmp_path / "abl/methods/detcon_s-s0.json").read_text())
+    original = json.loads((tmp_path / "default/mask_quality/gt-s0.json").read_text())
+    assert copied["key"] == original["key"] and copied["metrics"] == original["metrics"]
+    assert copied["study"] == "methods" and copied["cell"] == "detcon_s-s0"
+    client = MlflowClient(st["tracking_uri"])
+    exp = client.get_experiment_by_name("study-methods").experiment_id
+    runs = {r.data.tags["detlab.cell"]: r for r in client.search_runs([exp])
+            if r.data.tags.get("detlab.role") in ("cell", "reference")}  # fmt: skip
+    assert set(runs) == {"detcon_s-s0", "simclr-s0", "vicreg-s0", "random-s0"}
+    assert runs["detcon_s-s0"].data.tags["detlab.copy_of"] == original["mlflow_run_id"]
+    assert runs["detcon_s-s0"].data.metrics["seg_miou_objects"] == pytest.approx(
+        original["metrics"]["seg_miou_objects"])  # fmt: skip
+    again = run_studies(study_params, tmp_path / "abl", outputs, jobs=1, studies=("methods",),
+                        reuse=[tmp_path / "default"])  # fmt: skip
+    assert again["ran"] == [] and again["copied"] == [] and len(again["kept"]) == 4
+    s = write("methods", tmp_path / "abl", tmp_path / "reports", study_params)
+    assert list(s["rows"]) == ["simclr", "detcon_s", "vicreg"]
+    assert all("vs_random" in r for r in s["rows"].values())
