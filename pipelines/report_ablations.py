@@ -175,6 +175,10 @@ INTRO = {
 }
 
 
+def fcount(x) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
 def ladder_line(f: dict) -> str:
     how = "exact" if f["exact"] else "Monte-Carlo"
     pts = ", ".join(f"{r} ({x:.2f})" for r, x in zip(f["rows"], f["xs"], strict=True))
@@ -201,7 +205,7 @@ def markdown(s: dict) -> str:
     for r in rows.values():
         vs = r.get("vs_random")
         body.append([r["row"], title(r["method"]), r.get("masks") or "-",
-                     fnum(r.get("masks_per_image")).rstrip("0"), fnum(r.get("abo")),
+                     fcount(r.get("masks_per_image")), fnum(r.get("abo")),
                      fnum(r.get("purity")), *(fstat(r["metrics"].get(k)) for k in shown),
                      fci(vs) if vs else "-", "-" if not vs or vs["d"] is None else f"{vs['d']:.1f}",
                      ("yes" if vs["learns"] else "**no**") if vs else "-",

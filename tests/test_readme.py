@@ -39,6 +39,10 @@ ELSEWHERE = {  # command -> where it runs
     "pip install -c requirements.lock -e '.[dev]' && dvc repro": ".ci/run installs; "
     "tests/pipelines/test_dvc.py runs `dvc repro` with tiny params",
     "python3 -m pytest": ".ci/run (this suite)",
+    **{
+        f"dvc repro ablations/dvc.yaml:{study}": "tests/pipelines/test_dvc.py, with tiny params"
+        for study in ("mask_count", "soco_proposals", "methods")
+    },
     "python3 -m pytest -m faults -s": "a part of `python3 -m pytest` (.ci/run)",
     "detlab import-weights format=detcon src=resnet50_detcon_b_imagenet_1k.npy "
     "out=detcon_r50.pt": "tests/methods/test_weights.py, on a file in the release's layout "

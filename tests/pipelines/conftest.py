@@ -198,6 +198,14 @@ def tiny_params():
                                   cells={"grid": [], "gt": [], "global": []})  # fmt: skip
         st["resolution"].update(masks=["gt"], resolutions=[40], seeds=[0], cells={"gt": []})
         st["references"].update(kinds=["random", "supervised"], seeds=[0])
+        st["mask_count"].update(masks=["gt", "gt_warp12", "gt_split2"], seeds=[0, 1],
+                                resolution=32, ladders={"quality": ["gt", "gt_warp12"],
+                                                        "count": ["gt", "gt_split2"]})  # fmt: skip
+        st["soco_proposals"].update(masks=["ss", "random_boxes"], seeds=[0], resolution=32)
+        st["methods"].update(seeds=[0], resolution=32, rows={
+            "simclr": {"method": "simclr", "mask": "global"},
+            "detcon_s": {"method": "detcon_s", "mask": "gt"},
+            "byol": {"method": "byol", "mask": "global"}})  # fmt: skip
         st["probe_resolution"] = 32
         return params
 

@@ -17,13 +17,15 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-COPY = ["dvc.yaml", "params.yaml", ".dvcignore", "pipelines", "methods", "platform", "plots"]
+COPY = ["dvc.yaml", "params.yaml", ".dvcignore", "pipelines", "methods", "platform", "plots",
+        "ablations"]  # fmt: skip
 
 pytestmark = [pytest.mark.dvc, pytest.mark.slow]
 
 
-def repro(cwd: Path) -> tuple[set[str], str]:
-    out = subprocess.run(["dvc", "repro"], cwd=cwd, capture_output=True, text=True, timeout=1200)
+def repro(cwd: Path, *targets: str) -> tuple[set[str], str]:
+    out = subprocess.run(["dvc", "repro", *targets], cwd=cwd, capture_output=True, text=True,
+                         timeout=1200)  # fmt: skip
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return set(re.findall(r"Running stage '([^']+)'", out.stdout)), out.stdout
 
@@ -50,6 +52,7 @@ def test_dvc_repro_end_to_end(tmp_path, tiny_params):
 
     ran, _ = repro(work)
     assert {"prepare", "masks@fh", "mask_quality@gt", "studies", "report"} <= ran
+    assert not any(stage.startswith("ablations/") for stage in ran)  # named stages only
     quality = json.loads((work / "metrics/mask_quality/gt.json").read_text())
     assert quality["abo"] == 1.0
     cell = json.loads((work / "metrics/studies/mask_quality/grid-s0.json").read_text())
@@ -179,3 +182,51 @@ def test_kill_9_of_dvc_repro_leaves_no_orphans_and_a_rerun_completes(tmp_path, t
     client = MlflowClient(params["studies"]["tracking_uri"])
     experiments = [e.experiment_id for e in client.search_experiments()]
     assert not client.search_runs(experiments, "attributes.status = 'RUNNING'")
+
+
+def test_the_ablations_run_as_named_stages_reusing_the_default_studys_cells(tmp_path, tiny_params):
+    """`dvc repro ablations/dvc.yaml:<study>` (README, "Ablations"): the controlled mask
+    sets, the count-controlled study with both slopes, the method table; cells the default
+    study trained (gt, SimCLR, the references) are copied, not retrained."""
+    work, params = scratch_repo(tmp_path, tiny_params)
+    repro(work)  # the default pipeline first: its cells are reused
+    quality = {m: json.loads((work / f"metrics/mask_quality/{m}.json").read_text())
+               for m in ("gt", "gt_warp12", "gt_split2", "random_boxes")}  # fmt: skip
+    assert quality["gt_warp12"]["masks_per_image"] == quality["gt"]["masks_per_image"]
+    assert quality["gt_warp12"]["abo"] < 1.0 and quality["gt_split2"]["purity"] == 1.0
+    assert quality["gt_split2"]["masks_per_image"] == 2 * quality["gt"]["masks_per_image"]
+
+    ran, out = repro(work, "ablations/dvc.yaml:mask_count")
+    assert ran == {"ablations/dvc.yaml:mask_count"}
+    assert "cells copied from records of the same key" in out
+    copied = json.loads((work / "metrics/ablations/mask_count/mask_count/gt-s0.json").read_text())
+    original = json.loads((work / "metrics/studies/mask_quality/gt-s0.json").read_text())
+    assert copied["metrics"] == original["metrics"]  # not retrained
+    md = (work / "reports/ablations/mask_count.md").read_text()
+    assert "mask quality at a fixed region count" in md and "region count at a fixed purity" in md
+    assert "random init" in md and "supervised" in md
+    summary = json.loads((work / "reports/ablations/mask_count.json").read_text())["summary"]
+    slopes = {f["id"]: f for f in summary["findings"]}
+    assert {"quality_slope", "count_slope"} <= set(slopes)
+    assert slopes["quality_slope"]["n_seeds"] == 2 and slopes["quality_slope"]["p"] is not None
+
+    ran, _ = repro(work, "ablations/dvc.yaml:methods")
+    assert ran == {"ablations/dvc.yaml:methods"}
+    table = json.loads((work / "reports/ablations/methods.json").read_text())["summary"]["rows"]
+    assert list(table) == ["simclr", "detcon_s", "byol"]
+    assert all("learns" in r["vs_random"] for r in table.values())
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(params["studies"]["tracking_uri"])
+    exp = client.get_experiment_by_name("study-methods")
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`detlab.role` = 'parent'")
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["mlflow.note.content"].startswith("# Ablation: methods")
+    ran, out = repro(work, "ablations/dvc.yaml:methods")
+    assert ran == set()  # up to date
+
+    ran, _ = repro(work, "ablations/dvc.yaml:soco_proposals")  # SoCo's ss cell: trained here
+    soco = json.loads((work / "reports/ablations/soco_proposals.json").read_text())["summary"]
+    assert list(soco["rows"]) == ["ss", "random_boxes"]
+    assert soco["rows"]["random_boxes"]["abo"] == quality["random_boxes"]["abo"]
+    assert [f["id"] for f in soco["findings"]] == ["ss_minus_random_boxes"]
