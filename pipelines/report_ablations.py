@@ -242,6 +242,13 @@ def plot(s: dict, out: Path) -> None:
                 ax.scatter([r[x]] * len(v), list(v.values()), s=12, alpha=0.5)
                 ax.errorbar(r[x], m["mean"], yerr=m["std"] or 0.0, fmt="o", capsize=3,
                             label=r["row"])  # fmt: skip
+            if ladder == "quality":  # rows on no ladder (e.g. grid2), at their ABO
+                on = {n for names in s.get("ladders", {}).values() for n in names}
+                for r in (r for n, r in s["rows"].items() if n not in on and r.get(x)):
+                    m = r["metrics"][HEADLINE]
+                    ax.errorbar(r[x], m["mean"], yerr=m["std"] or 0.0, fmt="s", mfc="none",
+                                capsize=3, label=f"{r['row']} ({r['masks_per_image']:.0f} "
+                                "regions, off the ladder)")  # fmt: skip
             draw_references(ax, s["references"], s["chance"], HEADLINE)
             ax.set(xlabel=xlabel, ylabel=name, title=f"{ladder} ladder")
             if x == "masks_per_image":
