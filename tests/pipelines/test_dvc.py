@@ -194,7 +194,7 @@ def test_the_ablations_run_as_named_stages_reusing_the_default_studys_cells(tmp_
                for m in ("gt", "gt_warp12", "gt_split2", "random_boxes")}  # fmt: skip
     assert quality["gt_warp12"]["masks_per_image"] == quality["gt"]["masks_per_image"]
     assert quality["gt_warp12"]["abo"] < 1.0 and quality["gt_split2"]["purity"] == 1.0
-    assert quality["gt_split2"]["masks_per_image"] == 2 * quality["gt"]["masks_per_image"]
+    assert quality["gt_split2"]["masks_per_image"] >= 1.9 * quality["gt"]["masks_per_image"]
 
     ran, out = repro(work, "ablations/dvc.yaml:mask_count")
     assert ran == {"ablations/dvc.yaml:mask_count"}
