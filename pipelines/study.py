@@ -38,9 +38,7 @@ from detlab.platform.run import pretrain
 from detlab.platform.tracking import RunLogger, create_run
 
 DEFAULT_STUDIES = ("mask_quality", "resolution")  # the `studies` stage (default `dvc repro`)
-# named stages of ablations/dvc.yaml (`dvc repro ablations/dvc.yaml:<study>`): one factor
-# at a time (mask_count), SoCo's proposals, every method against random init (methods)
-ABLATIONS = ("mask_count", "soco_proposals", "methods")
+ABLATIONS = ("mask_count", "soco_proposals", "methods")  # named stages: ablations/dvc.yaml
 STUDIES = DEFAULT_STUDIES + ABLATIONS
 HEALTH = ("loss", "rep_std", "knn_top1")  # last logged values of the pretraining run
 

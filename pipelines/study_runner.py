@@ -66,10 +66,8 @@ DESCRIPTIONS = {  # each study experiment's description in the MLflow UI
         "into 2 and 4 parts, every mask inside one object). Read `seg_miou_objects` per "
         "`detlab.cell` against `mask_abo` / `mask_count`; the parent run holds the slopes."
     ),
-    "soco_proposals": (
-        "{method} with selective-search, ground-truth and random boxes (box ABO: `mask_abo`); "
-        "the parent run `study: soco_proposals` holds the report."
-    ),
+    "soco_proposals": "{method} with selective-search, ground-truth and random boxes (box "
+    "ABO: `mask_abo`); the parent run `study: soco_proposals` holds the report.",
     "methods": (
         "Every method at the same budget against random init (the references), 3 seeds "
         "each; the parent run `study: methods` holds the table with each gain's CI."
