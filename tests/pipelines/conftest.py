@@ -202,7 +202,7 @@ def tiny_params():
                                 resolution=32, ladders={"quality": ["gt", "gt_warp12"],
                                                         "count": ["gt", "gt_split2"]})  # fmt: skip
         st["soco_proposals"].update(masks=["ss", "random_boxes"], seeds=[0], resolution=32)
-        st["methods"].update(seeds=[0], resolution=32, rows={
+        st["methods"].update(seeds=[0], resolution=32, cells={}, rows={
             "simclr": {"method": "simclr", "mask": "global"},
             "detcon_s": {"method": "detcon_s", "mask": "gt"},
             "byol": {"method": "byol", "mask": "global"}})  # fmt: skip
