@@ -28,19 +28,16 @@ from pathlib import Path
 
 from detlab.pipelines.study import (
     DEFAULT_STUDIES,
-    cell_name,
-    cell_overrides,
-    cell_row,
     dataset_fingerprint,
     inputs_fingerprint,
     parent_run,
     run_cell,
     study_cell_key,
-    study_method,
-    write_record,
 )
+from detlab.pipelines.study_cells import cell_name, cell_overrides, cell_row, study_method
 from detlab.pipelines.study_reference import reference_key, reference_overrides, run_reference
-from detlab.pipelines.study_views import axis_params, install_view
+from detlab.pipelines.study_reuse import adopt, records_by_key
+from detlab.pipelines.study_views import install_view
 from detlab.platform.cli import one_line
 from detlab.platform.config import TrackingConfig
 from detlab.platform.lifecycle import exit_with_parent
@@ -116,10 +113,10 @@ def plan(params: dict, studies: tuple[str, ...] = DEFAULT_STUDIES) -> list[Cell]
             raise ValueError(f"params.yaml has no studies.{study}")
         resolutions = spec.get("resolutions") or [spec.get("resolution")]
         for mask in spec.get("rows") or spec["masks"]:
+            per_pixel = METHOD_COST.get(cell_row(params, study, mask)[0], 1.0)
             for res in resolutions:
                 for seed in spec["seeds"]:
-                    method = cell_row(params, study, mask)[0]  # pretraining ~ pixels x method
-                    cost = 0.2 + (int(res) / 64) ** 2 * METHOD_COST.get(method, 1.0)
+                    cost = 0.2 + (int(res) / 64) ** 2 * per_pixel  # pretraining ~ pixels
                     cells.append(Cell(study, cell_name(study, mask, seed, res), int(seed), mask,
                                       int(res), cost=cost))  # fmt: skip
     refs = st.get("references", {}) or {}
@@ -257,51 +254,6 @@ def end_parents(uri: str, parents: dict[str, str], failures: list[str]) -> None:
         end_run(uri, run_id, status="FAILED" if mine else "FINISHED")
 
 
-def records_by_key(roots: list[Path]) -> dict[str, Path]:
-    """key -> record file, over the records under ``roots`` (``<root>/<study>/*.json``)."""
-    found = {}
-    for root in roots:
-        for f in sorted(Path(root).glob("*/*.json")):
-            try:
-                found.setdefault(json.loads(f.read_text())["key"], f)
-            except (OSError, ValueError, KeyError):
-                continue
-    return found
-
-
-def adopt(source: Path, cell: Cell, metrics_root: Path, uri: str, parents: dict[str, str]) -> dict:
-    """Another stage's record of the same key (same overrides, code and inputs) becomes this
-    cell's: copied, not retrained. Its metrics are logged to a run in the experiment of its
-    study (a reference: of each study of ``parents``), tagged ``detlab.copy_of``, so that
-    every study's MLflow view has all its rows."""
-    from detlab.platform.tracking import RunLogger
-
-    record = json.loads(source.read_text()) | {"copied_from": str(source)}
-    origin = record.get("mlflow_run_id") or next(
-        iter(record.get("mlflow_run_ids", {}).values()), ""
-    )
-    row = cell.kind or cell.mask or ""
-    run_ids = {}
-    for study in [s for s in ([cell.study] if cell.kind is None else parents) if s in parents]:
-        tags = {"detlab.study": study, "detlab.role": "reference" if cell.kind else "cell",
-                "detlab.cell": cell.name, "detlab.copy_of": str(origin)}  # fmt: skip
-        name = f"reference: {cell.name}" if cell.kind else cell.name
-        logger = RunLogger(TrackingConfig(uri=uri, experiment=f"study-{study}", run_name=name,
-                                          parent_run_id=parents[study], tags=tags))  # fmt: skip
-        logger.log_params(axis_params(row, record.get("method") or "-",
-                                      int(record["resolution"]), int(record["seed"])))  # fmt: skip
-        logger.log_metrics({k: float(v) for k, v in record.get("metrics", {}).items()}, step=0)
-        logger.finish("FINISHED")
-        run_ids[study] = logger.run_id
-    if cell.kind is None:
-        record |= {"study": cell.study, "cell": cell.name, "mask": cell.mask,
-                   "masks": record.get("masks") or record.get("mask")}  # fmt: skip
-        record["mlflow_run_id"] = run_ids.get(cell.study, record.get("mlflow_run_id"))
-    elif run_ids:
-        record["mlflow_run_ids"] = run_ids
-    return write_record(record, record_path(metrics_root, cell))
-
-
 def run_studies(
     params: dict,
     metrics_root: Path,
@@ -344,7 +296,8 @@ def run_studies(
             set_experiment_tag(uri, experiment, "mlflow.note.content", description(st, study))
             links[study] = install_view(uri, experiment)
     for c in copies + refs_copied:  # a reference: logged to each study of this stage
-        adopt(elsewhere[keys[c]], c, metrics_root, uri, parents)
+        adopt(elsewhere[keys[c]], record_path(metrics_root, c), c.study, c.name,
+              c.kind or c.mask or "", c.kind is not None, uri, parents)  # fmt: skip
     if copies or refs_copied:
         print(f"studies: {len(copies) + len(refs_copied)} cells copied from records of the "
               "same key (not retrained)", file=out, flush=True)  # fmt: skip

@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from detlab.methods.datasets.mask_store import MaskStore
+from detlab.pipelines.masks.generators import gt_masks
 
 
 def best_overlaps(masks: np.ndarray, instances: np.ndarray) -> np.ndarray:
@@ -40,9 +41,7 @@ def best_overlaps(masks: np.ndarray, instances: np.ndarray) -> np.ndarray:
 def purity(masks: np.ndarray, instances: np.ndarray) -> float:
     """masks [H, W] ids, instances [N, H, W] bool (later on top) -> the share of pixels
     lying in their mask's majority region (objects and the background as regions)."""
-    regions = np.zeros(masks.shape, np.int64)
-    for k, m in enumerate(instances):
-        regions[m] = k + 1
+    regions = gt_masks(instances, *masks.shape).astype(np.int64)  # as the gt mask set draws them
     _, mask_ids = np.unique(masks.reshape(-1), return_inverse=True)
     counts = np.zeros((mask_ids.max() + 1, len(instances) + 1), np.int64)
     np.add.at(counts, (mask_ids, regions.reshape(-1)), 1)

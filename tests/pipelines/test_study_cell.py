@@ -80,7 +80,7 @@ def test_references_are_probed_like_cells_and_logged_to_each_study(
 @pytest.mark.parametrize("method", ["detcon_b", "detcon_s", "soco"])
 def test_the_global_cell_trains_the_methods_image_level_counterpart(method):
     from detlab.methods.registry import IMAGE_BASELINE, METHODS
-    from detlab.pipelines.study import cell_overrides
+    from detlab.pipelines.study_cells import cell_overrides
     from detlab.platform.compose import compose
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
