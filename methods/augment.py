@@ -137,7 +137,7 @@ class PairTransform:
     normalised, "mask1", "mask2": [R, R] int64}``.
     """
 
-    def __init__(self, aug: AugConfig, batched: bool = False):
+    def __init__(self, aug: AugConfig, batched: bool = False, device_side: bool = False):
         self.resolution = int(aug.resolution)
         if self.resolution < 8:
             raise AugmentError(f"aug.resolution={aug.resolution} must be >= 8")
@@ -145,7 +145,7 @@ class PairTransform:
         ratio = _check_pair("crop_ratio", aug.crop_ratio, hi=math.inf)
         self.geometry = CropFlip(self.resolution, scale, ratio)
         self.photometric = [build_photometric(aug, v, self.resolution) for v in (0, 1)]
-        self.batched = batched
+        self.batched, self.device_side = batched or device_side, device_side
 
     def __call__(self, image, mask=None) -> dict[str, Tensor]:
         img = tv_tensors.Image(as_chw_uint8(image))
@@ -155,6 +155,8 @@ class PairTransform:
             if mask.shape != (h, w):
                 raise AugmentError(f"mask {tuple(mask.shape)} does not match image {(h, w)}")
             mask = tv_tensors.Mask(mask)
+        if self.device_side:
+            return self.parameters(img, mask)
         out: dict[str, Tensor] = {}
         for v in (0, 1):
             p = self.geometry.sample(img)
@@ -170,11 +172,27 @@ class PairTransform:
             out[f"view{v + 1}"], out[f"mask{v + 1}"] = x, m
         return out
 
+    def parameters(self, img: Tensor, mask: Tensor | None) -> dict[str, Tensor]:
+        """Device-side mode: the decoded image and mask as they are, with each view's drawn
+        parameters (the same draws, in the same order, as the CPU path): ``geom1/2`` [5]
+        (top, left, height, width, flip), ``photo1/2`` [NUM_PARAMS]. The training device
+        makes the views (``detlab.methods.device_views``)."""
+        out: dict[str, Tensor] = {"image": img.as_subclass(Tensor)}
+        if mask is not None:
+            out["mask"] = mask.as_subclass(Tensor)
+        for v in (0, 1):
+            p = self.geometry.sample(img)
+            out[f"geom{v + 1}"] = torch.tensor(
+                [p["top"], p["left"], p["height"], p["width"], int(p["flip"])]
+            )
+            out[f"photo{v + 1}"] = self.photometric[v].sample()
+        return out
+
     def finish(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Batched mode: the collated uint8 views [B, 3, R, R] and their per-sample colour
         parameters ``photo1/2`` -> normalised float views (one intra-op thread, as in a
         loader worker, so a view does not depend on where it was coloured)."""
-        if not self.batched:
+        if not self.batched or self.device_side:
             return batch
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
@@ -187,9 +205,11 @@ class PairTransform:
         return batch
 
 
-def build_pair_transform(aug: AugConfig, batched: bool = False) -> PairTransform:
+def build_pair_transform(
+    aug: AugConfig, batched: bool = False, device_side: bool = False
+) -> PairTransform:
     """BYOL's asymmetric two-view transform for image + mask (see ``PairTransform``)."""
-    return PairTransform(aug, batched)
+    return PairTransform(aug, batched, device_side)
 
 
 # ------------------------------------------------------------------------- SoCo views
@@ -210,8 +230,8 @@ class SocoTransform:
     Flips (p=0.5) are drawn per view as in BYOL; V3 shares V2's geometry.
     """
 
-    def __init__(self, aug: AugConfig, num_boxes: int):
-        self.resolution = int(aug.resolution)
+    def __init__(self, aug: AugConfig, num_boxes: int, device_side: bool = False):
+        self.resolution, self.device_side = int(aug.resolution), device_side
         if self.resolution < 8:
             raise AugmentError(f"aug.resolution={aug.resolution} must be >= 8")
         if num_boxes < 1:
@@ -258,20 +278,30 @@ class SocoTransform:
         n = chosen.shape[0]
 
         bb = tv_tensors.BoundingBoxes(chosen, format="XYXY", canvas_size=(H, W))
-        img2, b2 = self.geometry.apply(img, p2), self.geometry.apply(bb, p2)
-        img3 = F.resize(img2, [R3, R3], interpolation=BICUBIC, antialias=True)
+        b2 = self.geometry.apply(bb, p2)
         b3 = F.resize(b2, [R3, R3])
-        img1 = F.resize(img, [R, R], interpolation=BICUBIC, antialias=True)
         b1 = F.resize(bb, [R, R])
         if flip1:
-            img1, b1 = F.horizontal_flip(img1), F.horizontal_flip(b1)
+            b1 = F.horizontal_flip(b1)
         b1 = self._jitter(b1.as_subclass(Tensor), R)
+        if self.device_side:  # the views are made on the training device (device_views)
+            images = (None, None, None)
+            out = {"image": img.as_subclass(Tensor), "size": torch.tensor([H, W]),
+                   "flip1": torch.tensor(flip1),
+                   "geom2": torch.tensor([top, left, hh, ww, int(p2["flip"])])}  # fmt: skip
+        else:
+            img2 = self.geometry.apply(img, p2)
+            img3 = F.resize(img2, [R3, R3], interpolation=BICUBIC, antialias=True)
+            img1 = F.resize(img, [R, R], interpolation=BICUBIC, antialias=True)
+            images, out = (F.horizontal_flip(img1) if flip1 else img1, img2, img3), {}
 
         valid = torch.zeros(K, dtype=torch.bool)
         valid[:n] = True
-        out = {}
-        for v, (x, b, size) in enumerate(((img1, b1, R), (img2, b2, R), (img3, b3, R3))):
-            out[f"v{v + 1}"] = self.photometric[v](to_float(x))
+        for v, (x, b, size) in enumerate(zip(images, (b1, b2, b3), (R, R, R3), strict=True)):
+            if self.device_side:
+                out[f"photo{v + 1}"] = self.photometric[v].sample()
+            else:
+                out[f"v{v + 1}"] = self.photometric[v](to_float(x))
             padded = torch.tensor([[0.0, 0.0, size, size]]).repeat(K, 1)
             padded[:n] = b.as_subclass(Tensor)
             out[f"boxes{v + 1}"] = padded
@@ -290,6 +320,8 @@ class SocoTransform:
         return torch.where(ok[:, None], j, b)
 
 
-def build_soco_transform(aug: AugConfig, num_boxes: int) -> SocoTransform:
+def build_soco_transform(
+    aug: AugConfig, num_boxes: int, device_side: bool = False
+) -> SocoTransform:
     """SoCo's three-view transform for image + proposals (see ``SocoTransform``)."""
-    return SocoTransform(aug, num_boxes)
+    return SocoTransform(aug, num_boxes, device_side)

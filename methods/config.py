@@ -45,6 +45,9 @@ class BackboneConfig:
 @dataclass
 class AugConfig:
     resolution: int = 224  # output size of the pretraining views (the "resolution" axis)
+    # where the views are made: cpu (loader workers), device (workers decode and draw, the
+    # training device crops, resizes and colours the batch), auto (device on CUDA)
+    views: str = "auto"
     crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
     crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
     jitter_strength: float = 1.0  # scales BYOL's (0.4, 0.4, 0.2, 0.1)

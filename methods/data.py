@@ -96,6 +96,7 @@ class PretrainDataset(Dataset):
         self.store_path = store_path
         self._decoded: dict[int, tuple] = {}  # index -> (image, mask or boxes), decoded once
         self._decoded_bytes = 0
+        self._device_views = None
 
     def _load(self, index: int) -> tuple:
         """The decoded image and its mask (or boxes), kept in memory up to
@@ -153,12 +154,33 @@ class PretrainDataset(Dataset):
         out["index"] = index
         return out
 
+    @property
+    def device_side(self) -> bool:
+        """Whether the training device makes the views (``aug.views``; see ``views``)."""
+        return bool(getattr(self.transform, "device_side", False))
+
     def collate(self, samples: list[dict]) -> dict[str, Tensor]:
         """The loader's collate_fn: stack the samples, then colour the views as one batch
-        (each with its own parameters, drawn in ``__getitem__``)."""
+        (each with its own parameters, drawn in ``__getitem__``); device-side, stack the
+        decoded images (padded) and their parameters."""
+        if self.device_side:
+            from detlab.methods.device_views import pad_collate
+
+            return pad_collate(samples)
         batch = default_collate(samples)
         finish = getattr(self.transform, "finish", None)
         return finish(batch) if finish is not None else batch
+
+    def views(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """A collated batch, moved to the training device -> the method's views: made here,
+        on that device, when the workers shipped images and parameters; else as it is."""
+        if not self.device_side:
+            return batch
+        if self._device_views is None:
+            from detlab.methods.device_views import DeviceViews
+
+            self._device_views = DeviceViews(self.transform)
+        return self._device_views(batch)
 
 
 def _open_store(masks: MasksConfig, images, data: DataConfig):
@@ -191,8 +213,11 @@ def build_pretrain_dataset(
     input_kind: str,
     seed: int,
     num_boxes: int = 4,
+    device_side: bool = False,
 ) -> PretrainDataset:
     """Open the training split and its masks / proposals; return the augmenting Dataset.
+    ``device_side``: workers ship decoded images and drawn parameters, ``views`` makes the
+    views on the training device (``detlab.methods.device_views``).
 
     Raises PretrainDataError (or the readers' DatasetError / MaskStoreError) before any
     compute when the dataset, the mask store or their pairing is wrong.
@@ -218,12 +243,12 @@ def build_pretrain_dataset(
         store = _open_store(masks, images, data)
         if store.kind != "boxes":
             raise PretrainDataError(f"mask store {masks.path} has kind {store.kind!r}, not boxes")
-        transform = build_soco_transform(aug, num_boxes)
+        transform = build_soco_transform(aug, num_boxes, device_side)
         return PretrainDataset(
             images, store, "store", transform, input_kind, seed, store_path=str(masks.path)
         )
 
-    transform = build_pair_transform(aug, batched=True)
+    transform = build_pair_transform(aug, batched=True, device_side=device_side)
     grid = int(masks.grid_size)
     if kind == "boxes":
         raise PretrainDataError(

@@ -95,8 +95,8 @@ def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
     """Per-sample sigma [B]; separable, reflect padding, kernel as ``v2.GaussianBlur``."""
     b, c, h, w = x.shape
     half = kernel_size // 2
-    t = torch.linspace(-half, half, kernel_size, dtype=x.dtype)
-    g = torch.exp(-0.5 * (t[None] / sigma[:, None].to(x.dtype)) ** 2)  # [B, k]
+    t = torch.linspace(-half, half, kernel_size, dtype=x.dtype, device=x.device)
+    g = torch.exp(-0.5 * (t[None] / sigma[:, None].to(x)) ** 2)  # [B, k]
     g = g / g.sum(1, keepdim=True)
     g = torch.where(g < 1e-10, 0.0, g).repeat_interleave(c, 0)  # [B*C, k], no denormals
     y = nnf.pad(x.reshape(1, b * c, h, w), (half, half, half, half), mode="reflect")
@@ -148,20 +148,29 @@ class Photometric:
     def apply(self, x: Tensor, p: Tensor) -> Tensor:
         """x [B, 3, R, R] float in [0, 1], p [B, NUM_PARAMS] -> normalised [B, 3, R, R]."""
         x_in, x = x, x.float()
+        p = p.to(x.device)
         on = p[:, JITTER] > 0
-        if on.any():
+        order = p[:, ORDER].long()  # [B, 4]
+        # On a GPU every op runs on the whole batch and each sample keeps its own (no host
+        # reads); on the CPU each op runs only on the samples that draw it at that position.
+        sync_free = x.device.type != "cpu"
+        if sync_free:
+            for pos in range(4):
+                for op in range(4):
+                    use = (on & (order[:, pos] == op)).view(-1, 1, 1, 1)
+                    x = torch.where(use, jitter_op(op, x, p), x)
+        elif on.any():
             x = x.clone() if x is x_in else x  # written in place below, never the caller's
-            order = p[:, ORDER].long()  # [B, 4]
             for pos in range(4):
                 for op in range(4):
                     idx = torch.nonzero(on & (order[:, pos] == op)).flatten()
                     if idx.numel():  # each sample runs each op once: cost of one batch
                         x.index_copy_(0, idx, jitter_op(op, x[idx], p[idx]))
         gray = p[:, GRAYSCALE] > 0
-        if gray.any():
+        if sync_free or gray.any():
             x = torch.where(gray.view(-1, 1, 1, 1), grayscale(x).expand_as(x), x)
         blur = p[:, BLUR] > 0
-        if blur.any():
+        if sync_free or blur.any():
             x = torch.where(
                 blur.view(-1, 1, 1, 1), gaussian_blur(x, p[:, SIGMA], self.kernel_size), x
             )

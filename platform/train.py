@@ -87,7 +87,11 @@ def build_loader(data: DataConfig, masks: MasksConfig, aug: AugConfig, tc: Train
     """Dataset + resumable sampler + DataLoader for this rank's share of each global batch."""
     from detlab.methods.data import ResumableSampler, build_pretrain_dataset
 
-    dataset = build_pretrain_dataset(data, masks, aug, input_kind, tc.seed, num_boxes=num_boxes)
+    if aug.views not in ("auto", "cpu", "device"):
+        raise ValueError(f"aug.views={aug.views!r} is not one of: auto, cpu, device")
+    device_side = aug.views == "device" or (aug.views == "auto" and info.device.type == "cuda")
+    dataset = build_pretrain_dataset(data, masks, aug, input_kind, tc.seed, num_boxes=num_boxes,
+                                     device_side=device_side)  # fmt: skip
     if tc.batch_size % info.world_size:
         raise ValueError(
             f"train.batch_size={tc.batch_size} is not divisible by the {info.world_size} ranks"
@@ -292,7 +296,8 @@ def train(
         while step < tc.steps:
             # data
             t0 = time.perf_counter()
-            batch = to_device(next(stream), info.device, channels_last)
+            batch = dataset.views(to_device(next(stream), info.device, False))  # made here?
+            batch = to_device(batch, info.device, channels_last)
             batch["step"], batch["seed"] = step, tc.seed
             wait_s += time.perf_counter() - t0
             # forward / backward / update
