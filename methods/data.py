@@ -105,7 +105,7 @@ class PretrainDataset(Dataset):
         hit = self._decoded.get(index)
         if hit is not None:
             return hit
-        image = as_chw_uint8(self.images.load_image(index))
+        image = self.images.load_image_chw(index)
         h, w = image.shape[-2:]
         extra = self.store.boxes(index) if self.input_kind == "boxes" else self._mask(index, h, w)
         size = image.numel() + (extra.nbytes if isinstance(extra, np.ndarray) else 0)

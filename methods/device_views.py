@@ -15,7 +15,6 @@ are coordinates drawn with the parameters; its V3 is V2 resized on the device.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as nnf
 from torch import Tensor
 from torch.utils.data import default_collate
 
@@ -36,9 +35,20 @@ def pad_collate(samples: list[dict]) -> dict[str, Tensor]:
         items = [s.pop(key) for s in samples]
         h = max(t.shape[-2] for t in items)
         w = max(t.shape[-1] for t in items)
-        out[key] = torch.stack(
-            [nnf.pad(t, (0, w - t.shape[-1], 0, h - t.shape[-2])) for t in items]
-        )
+        first = items[0]
+        # decoders give [3, H, W] views of HWC memory: keep that layout (a copy, not a
+        # transpose; ~10x cheaper per image); the device reads either
+        hwc = first.dim() == 3 and first[None].is_contiguous(memory_format=torch.channels_last)
+        shape = (len(items), *first.shape[:-2], h, w)
+        fmt = torch.channels_last if hwc else torch.contiguous_format
+        batch = torch.empty(shape, dtype=first.dtype, memory_format=fmt)
+        for dst, t in zip(batch, items, strict=True):  # one copy per sample, no pad + stack
+            th, tw = t.shape[-2:]
+            dst[..., :th, :tw] = t
+            if th < h or tw < w:
+                dst[..., th:, :] = 0
+                dst[..., :th, tw:] = 0
+        out[key] = batch
     return {**default_collate(samples), **out}
 
 

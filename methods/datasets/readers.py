@@ -137,6 +137,27 @@ class ImageDataset:
             )
         return image
 
+    def load_image_chw(self, i: int):
+        """[3, H, W] uint8 tensor, decoded by torchvision (libjpeg-turbo / libpng: the same
+        pixels as ``load_image``, ~1.4x faster on JPEG, no HWC -> CHW copy): the
+        pretraining loader's decode. Other formats go through ``load_image``."""
+        import torch
+        from torchvision.io import ImageReadMode, decode_image
+
+        record = self.records[i]
+        if Path(record.path).suffix.lower() not in (".jpg", ".jpeg", ".png"):
+            return torch.from_numpy(self.load_image(i)).permute(2, 0, 1)
+        try:
+            image = decode_image(str(record.path), mode=ImageReadMode.RGB)
+        except Exception as e:
+            raise DatasetError(f"{record.path}: cannot load image ({type(e).__name__}: {e})") from e
+        if tuple(image.shape[1:]) != (record.height, record.width):
+            raise DatasetError(
+                f"{record.path}: image is {image.shape[2]}x{image.shape[1]} (WxH), expected "
+                f"{record.width}x{record.height}"
+            )
+        return image
+
     def _need_instances(self) -> None:
         if self._annotations is None:
             raise DatasetError(

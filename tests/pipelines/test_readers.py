@@ -112,6 +112,23 @@ def test_imagenet_layout(make_imagefolder):
         ds.semantic(0)
 
 
+def test_the_loaders_torchvision_decode_gives_the_same_pixels(make_imagefolder, tiny_shapes):
+    """load_image_chw (the pretraining loader's libjpeg-turbo / libpng decode) equals
+    load_image (PIL) on JPEG, RGB and greyscale PNG, as [3, H, W]."""
+    for ds in (open_dataset(make_imagefolder(), "train"), open_dataset(tiny_shapes, "train")):
+        for i in range(len(ds)):
+            chw = ds.load_image_chw(i)
+            assert str(chw.dtype) == "torch.uint8" and chw.shape[0] == 3
+            assert np.array_equal(chw.permute(1, 2, 0).numpy(), ds.load_image(i)), ds.records[i]
+
+
+def test_the_loaders_decode_names_a_corrupt_image(shapes_copy):
+    ds = open_dataset(shapes_copy, "val")
+    ds.records[0].path.write_bytes(b"this is not a png" * 10)
+    with pytest.raises(DatasetError, match=f"{ds.records[0].path}: cannot load image"):
+        ds.load_image_chw(0)
+
+
 # ------------------------------------------------------------------------ COCO layout
 def test_coco_layout_polygons_rle_and_crowd(make_coco):
     root = make_coco()
