@@ -16,12 +16,25 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.utils.data import default_collate
+from torch.utils.data import default_collate, get_worker_info
 
 from detlab.methods.augment import PairTransform, SocoTransform
 from detlab.methods.resample import resized_crop, resized_crop_nearest
 
 PADDED = ("image", "mask")  # per-sample sizes differ: padded to the batch's largest
+
+
+def _empty(shape: tuple[int, ...], dtype: torch.dtype, fmt: torch.memory_format | None) -> Tensor:
+    """An uninitialised batch; in a loader worker, in shared memory (as default_collate
+    does), so that sending it to the training process copies nothing."""
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype, memory_format=fmt or torch.contiguous_format)
+    b, c, h, w = shape if len(shape) == 4 else (*shape, 1)[:4]
+    numel = b * c * h * w
+    strides = (c * h * w, 1, w * c, c) if fmt is torch.channels_last else None
+    storage = torch.UntypedStorage._new_shared(numel * dtype.itemsize)
+    flat = torch.empty(0, dtype=dtype).set_(storage, 0, (numel,))
+    return flat.as_strided(shape, strides) if strides else flat.view(shape)
 
 
 def pad_collate(samples: list[dict]) -> dict[str, Tensor]:
@@ -40,8 +53,7 @@ def pad_collate(samples: list[dict]) -> dict[str, Tensor]:
         # transpose; ~10x cheaper per image); the device reads either
         hwc = first.dim() == 3 and first[None].is_contiguous(memory_format=torch.channels_last)
         shape = (len(items), *first.shape[:-2], h, w)
-        fmt = torch.channels_last if hwc else torch.contiguous_format
-        batch = torch.empty(shape, dtype=first.dtype, memory_format=fmt)
+        batch = _empty(shape, first.dtype, torch.channels_last if hwc else None)
         for dst, t in zip(batch, items, strict=True):  # one copy per sample, no pad + stack
             th, tw = t.shape[-2:]
             dst[..., :th, :tw] = t

@@ -130,3 +130,36 @@ def test_soco_views_on_the_device_equal_the_cpu_path():
 def test_device_views_refuse_a_cpu_transform():
     with pytest.raises(ValueError, match="device_side=True"):
         DeviceViews(build_pair_transform(AugConfig(resolution=32)))
+
+
+class _Sizes(torch.utils.data.Dataset):
+    """Images [3, H, W] as decoders give them (views of HWC memory), H varying."""
+
+    def __len__(self):
+        return 6
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(i)
+        image = torch.randint(0, 255, (20 + i, 30, 3), dtype=torch.uint8, generator=g)
+        return {
+            "image": image.permute(2, 0, 1),
+            "mask": torch.full((20 + i, 30), i + 1),
+            "index": i,
+        }
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_pad_collate_pads_with_zeros_and_ships_from_workers(workers):
+    """Each sample at the top left of a zero canvas of the batch's largest size, the
+    decoder's HWC layout kept, in shared memory when a worker collates it."""
+    loader = torch.utils.data.DataLoader(_Sizes(), batch_size=3, collate_fn=pad_collate,
+                                         num_workers=workers)  # fmt: skip
+    for batch in loader:
+        image, mask = batch["image"], batch["mask"]
+        assert image.shape[1:] == (3, image.shape[2], 30) and image.stride(1) == 1  # HWC
+        assert image.is_shared() == (workers > 0)
+        for b, i in enumerate(batch["index"].tolist()):
+            h = 20 + i
+            assert torch.equal(image[b, :, :h], _Sizes()[i]["image"])
+            assert (image[b, :, h:] == 0).all() and (mask[b, h:] == 0).all()
+            assert (mask[b, :h] == i + 1).all()
