@@ -67,10 +67,10 @@ def pad_collate(samples: list[dict]) -> dict[str, Tensor]:
 class DeviceViews:
     """A worker-side transform's views, made on the batch's device (see the module doc)."""
 
-    def __init__(self, transform: PairTransform | SocoTransform):
+    def __init__(self, transform: PairTransform | SocoTransform, sync_free: bool | None = None):
         if not transform.device_side:
             raise ValueError("DeviceViews needs a transform built with device_side=True")
-        self.transform = transform
+        self.transform, self.sync_free = transform, sync_free  # None: off the CPU
 
     def __call__(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         if isinstance(self.transform, SocoTransform):
@@ -79,7 +79,7 @@ class DeviceViews:
 
     def _colour(self, view: int, x: Tensor, params: Tensor) -> Tensor:
         """[B, 3, R, R] in 0..255 -> normalised, each sample its own colour parameters."""
-        return self.transform.photometric[view].apply(x.div_(255.0), params)
+        return self.transform.photometric[view].apply(x.div_(255.0), params, self.sync_free)
 
     def _pair(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         r = self.transform.resolution

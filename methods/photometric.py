@@ -145,15 +145,16 @@ class Photometric:
         p[SOLARIZE] = float(u[8] < self.solarize_p)
         return torch.tensor(p)
 
-    def apply(self, x: Tensor, p: Tensor) -> Tensor:
-        """x [B, 3, R, R] float in [0, 1], p [B, NUM_PARAMS] -> normalised [B, 3, R, R]."""
+    def apply(self, x: Tensor, p: Tensor, sync_free: bool | None = None) -> Tensor:
+        """x [B, 3, R, R] float in [0, 1], p [B, NUM_PARAMS] -> normalised [B, 3, R, R].
+        ``sync_free`` (default: off the CPU) reads nothing on the host."""
         x_in, x = x, x.float()
         p = p.to(x.device)
         on = p[:, JITTER] > 0
         order = p[:, ORDER].long()  # [B, 4]
         # On a GPU every op runs on the whole batch and each sample keeps its own (no host
         # reads); on the CPU each op runs only on the samples that draw it at that position.
-        sync_free = x.device.type != "cpu"
+        sync_free = x.device.type != "cpu" if sync_free is None else sync_free
         if sync_free:
             for pos in range(4):
                 for op in range(4):

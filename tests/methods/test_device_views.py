@@ -163,3 +163,22 @@ def test_pad_collate_pads_with_zeros_and_ships_from_workers(workers):
             assert torch.equal(image[b, :, :h], _Sizes()[i]["image"])
             assert (image[b, :, h:] == 0).all() and (mask[b, h:] == 0).all()
             assert (mask[b, :h] == i + 1).all()
+
+
+@pytest.mark.parametrize("kind", ["pair", "soco"])
+def test_device_views_read_nothing_on_the_host(kind):
+    """The GPU path (sync_free) hands no tensor value to Python: no sync per batch."""
+    from tests.methods.test_host_reads import HostReads
+
+    aug = AugConfig(resolution=32)
+    images = smooth_images([(48, 64), (60, 40), (40, 40)])
+    if kind == "pair":
+        t = build_pair_transform(aug, device_side=True)
+        samples = [t(im, np.ones(im.shape[:2], np.uint8)) for im in images]
+    else:
+        t = build_soco_transform(aug, 4, device_side=True)
+        samples = [t(im, np.array([[2, 2, 30, 30]], np.float32)) for im in images]
+    batch = pad_collate(samples)
+    with HostReads() as reads:
+        DeviceViews(t, sync_free=True)(batch)
+    assert not reads.found, reads.found
