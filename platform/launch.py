@@ -82,7 +82,8 @@ def minutes(limit: str) -> float:
     return (int(days or 0) * 24 + h) * 60 + m + s / 60
 
 
-def check_request(cluster: DictConfig, partitions: dict[str, dict], gpus_per_node: dict) -> str:
+def check_request(cluster: DictConfig, partitions: dict[str, dict], gpus_per_node: dict,
+                  cpus_per_node: dict | None = None) -> str:  # fmt: skip
     """The partition to use; LaunchError naming the key that does not fit."""
     if not partitions:
         raise LaunchError("the SLURM cluster reports no partitions")
@@ -109,18 +110,26 @@ def check_request(cluster: DictConfig, partitions: dict[str, dict], gpus_per_nod
             raise LaunchError(
                 f"cluster.gpus_per_node={cluster.gpus_per_node} but the nodes of {name} have at most {most} GPUs"
             )
+    most = max((cpus_per_node or {}).values() or [0])
+    if most and cluster.cpus_per_task * cluster.tasks_per_node > most:
+        tasks = cluster.tasks_per_node
+        per_node = f" x {tasks} tasks per node" if tasks > 1 else ""
+        raise LaunchError(
+            f"cluster.cpus_per_task={cluster.cpus_per_task}{per_node} but the nodes of {name} have at most {most} CPUs"
+        )
     return name
 
 
 def validate_slurm(cluster: DictConfig) -> str:
     partitions = parse_partitions(_run(["scontrol", "show", "partition", "-o"], cluster))
-    gres = _run(["sinfo", "-h", "-N", "-o", "%N %G"], cluster)
-    gpus = {}
-    for line in gres.splitlines():
-        node, _, g = line.partition(" ")
+    nodes = _run(["sinfo", "-h", "-N", "-o", "%N %c %G"], cluster)
+    gpus, cpus = {}, {}
+    for line in nodes.splitlines():
+        node, c, g = (line.split(None, 2) + ["", ""])[:3]
         found = re.search(r"gpu(?::[^:(\s]+)?:(\d+)", g)
         gpus[node] = int(found.group(1)) if found else 0
-    return check_request(cluster, partitions, gpus)
+        cpus[node] = int(c) if c.isdigit() else 0
+    return check_request(cluster, partitions, gpus, cpus)
 
 
 # ------------------------------------------------------------------------- the job
@@ -216,10 +225,50 @@ def submit(cfg: DictConfig):
     return job, cfg.tracking.run_id
 
 
+# a job's end (not PREEMPTED or REQUEUED: such a job runs again)
+FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
+         "BOOT_FAIL", "DEADLINE")  # fmt: skip
+
+
+def _states(cmd: list[str], cluster: DictConfig) -> dict[str, str]:
+    """``id|state`` lines -> {job id: state}; an array's folded line (``123_[5-9%2]``)
+    gives each of its tasks (``123_5``...) the line's state."""
+    from submitit.slurm.slurm import read_job_id
+
+    states = {}
+    for line in _run(cmd, cluster).splitlines():
+        jid, _, state = line.strip().partition("|")
+        state = state.split()[0] if state.strip() else "UNKNOWN"  # "CANCELLED by 0"
+        for main, *tasks in read_job_id(jid) if jid else []:
+            ids = [main] if not tasks else range(int(tasks[0]), int(tasks[-1]) + 1)
+            states.update({(f"{main}_{t}" if tasks else main): state for t in ids})
+    return states
+
+
+def sacct_states(job_id: str, cluster: DictConfig) -> dict[str, str]:
+    """{job id: state} of a job, or of every task of a job array (``123_4``): one call."""
+    return _states(["sacct", "-j", str(job_id), "-X", "-n", "-P", "-o", "JobID,State"], cluster)
+
+
+def array_states(job_id: str, cluster: DictConfig) -> dict[str, str]:
+    """{task id: state} of a job array's tasks, from the queue (what runs and waits now, and
+    what ended in the last MinJobAge seconds) and from accounting (which keeps what ended,
+    but has no record of a task cancelled before it ever started): a final state in
+    accounting wins. A task in neither has left the queue without a record."""
+    try:
+        queue = _states(["squeue", "-h", "-r", "-t", "all", "-j", str(job_id), "-o", "%i|%T"],
+                        cluster)  # fmt: skip
+    except LaunchError as exc:  # squeue: "Invalid job id specified" once none is queued
+        if "Invalid job id" not in str(exc):
+            raise
+        queue = {}
+    recorded = sacct_states(job_id, cluster)
+    return {**queue, **{k: v for k, v in recorded.items() if v in FINAL or k not in queue}}
+
+
 def sacct_state(job_id: str, cluster: DictConfig) -> str:
-    out = _run(["sacct", "-j", str(job_id), "-X", "-n", "-P", "-o", "State"], cluster)
-    states = [s.split()[0] for s in out.split() if s]
-    return states[-1] if states else "UNKNOWN"
+    states = sacct_states(job_id, cluster)
+    return states.get(str(job_id)) or (list(states.values())[-1] if states else "UNKNOWN")
 
 
 def follow(job, run_id: str, cfg: DictConfig) -> str:
@@ -234,7 +283,7 @@ def follow(job, run_id: str, cfg: DictConfig) -> str:
         hist = metric_history(cfg.tracking.uri, run_id, "loss") if run_id else []
         bar.set(state=state)
         bar.goto(max([step for step, _ in hist], default=0))
-        if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL"):
+        if state in FINAL:
             bar.close()
             if state != "COMPLETED":  # a job killed hard could not close its run
                 reconcile(cfg.tracking.uri, cfg.cluster, [cfg.tracking.experiment])

@@ -97,3 +97,40 @@ def test_jobs_lists_past_a_tracking_server_that_is_gone(tmp_path, monkeypatch, c
     assert f"MLflow store {dead} does not answer" in err
     (row,) = [line for line in out.splitlines() if line.strip().startswith("4242")]
     assert "byol" in row and " ? " in row
+
+
+def test_more_cpus_than_a_node_has_is_refused():
+    parts, gpus = parse_partitions(SCONTROL), {"node1": 0, "node2": 0}
+    cpus = {"node1": 2, "node2": 2}
+    assert check_request(cluster(cpus_per_task=2), parts, gpus, cpus) == "debug"
+    with pytest.raises(LaunchError, match="cluster.cpus_per_task=4 but the nodes of debug have"):
+        check_request(cluster(cpus_per_task=4), parts, gpus, cpus)
+    with pytest.raises(LaunchError, match="cpus_per_task=2 x 2 tasks per node but"):
+        check_request(cluster(cpus_per_task=2, tasks_per_node=2), parts, gpus, cpus)
+
+
+def test_array_states_expand_folded_tasks_and_prefer_final_records(monkeypatch):
+    """squeue (-r) lists what is queued, sacct folds pending tasks into one line and keeps
+    what ended; a task cancelled while pending is in neither."""
+    from detlab.platform import launch
+
+    answers = {
+        "squeue": "12_1|RUNNING\n12_2|PENDING\n12_3|PENDING\n12_0|COMPLETING\n",
+        "sacct": "12_0|COMPLETED\n12_1|RUNNING\n12_[2-3%2]|PENDING\n12_4|CANCELLED by 0\n",
+    }
+    monkeypatch.setattr(launch, "_run", lambda cmd, cluster: answers[cmd[0]])
+    assert launch.array_states("12", None) == {
+        "12_0": "COMPLETED", "12_1": "RUNNING", "12_2": "PENDING", "12_3": "PENDING",
+        "12_4": "CANCELLED",
+    }  # fmt: skip
+    assert launch.sacct_state("12_4", None) == "CANCELLED"
+
+    def gone(cmd, cluster):
+        if cmd[0] == "squeue":
+            raise LaunchError(
+                "`squeue ...` failed: slurm_load_jobs error: Invalid job id specified"
+            )
+        return ""
+
+    monkeypatch.setattr(launch, "_run", gone)
+    assert launch.array_states("12", None) == {}
