@@ -8,7 +8,6 @@ A shard is a fixed index range ``[start, stop)``; a job is ``(shard, start, stop
 from __future__ import annotations
 
 import multiprocessing as mp
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -58,12 +57,7 @@ def _work(job: Job) -> int:
 
 
 def pool_context():
-    """fork where this process holds no torch (the stage's own process): a forked worker
-    starts in ~10 ms with the generators already imported, a spawned one spends ~0.6 s
-    importing scikit-image first, which held 2 workers at 1.64x one on a 6 s run. spawn
-    where torch is loaded (tests, a study's process): its thread pools do not survive a
-    fork. The workers never use torch either way."""
-    return mp.get_context("spawn" if "torch" in sys.modules else "fork")
+    return mp.get_context("spawn")  # no inherited torch / thread state
 
 
 def compute(jobs: list[Job], init_args: tuple, workers: int = 1,
