@@ -100,11 +100,10 @@ class DeviceViews:
     def _soco(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         r, r3 = self.transform.resolution, self.transform.resolution // 2
         image = batch.pop("image")  # [B, 3, H, W]
-        b, _, h, w = image.shape
+        b = image.shape[0]
         g = batch.pop("geom2")  # V2's window and flip
-        sizes = batch.pop("size", None)  # [B, 2] each image's own (h, w) when padded
-        whole = torch.zeros(b, 4, dtype=g.dtype, device=g.device)
-        whole[:, 2:] = sizes if sizes is not None else torch.tensor([h, w], device=g.device)
+        whole = torch.zeros(b, 4, dtype=g.dtype, device=g.device)  # V1: each whole image
+        whole[:, 2:] = batch.pop("size")  # [B, 2] its own (h, w) inside the padded batch
         v2 = resized_crop(image, g[:, :4], r, g[:, 4] > 0)
         full = torch.tensor([0, 0, r, r], device=g.device).expand(b, 4)
         v3 = resized_crop(v2, full, r3)  # V2 resized, as the CPU path does
