@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from typing import Any
 
@@ -56,6 +57,10 @@ class RequeueLimitError(RuntimeError):
     """The job was requeued ``cluster.max_requeues`` times already."""
 
 
+class RequeueError(RuntimeError):
+    """``scontrol requeue`` failed: the job ends as failed, its output in the message."""
+
+
 class SlurmJob(submitit.helpers.Checkpointable):
     """Subclasses implement ``run(env, stop, *args)`` and ``stopped(result)``."""
 
@@ -90,8 +95,24 @@ class SlurmJob(submitit.helpers.Checkpointable):
                 raise RequeueLimitError(
                     f"cluster.max_requeues={self.max_requeues} reached (job {env.job_id})"
                 )
-            subprocess.run(["scontrol", "requeue", str(env.job_id)], check=False)
+            self.requeue(str(env.job_id))
         time.sleep(self.wait_s)
+
+    @staticmethod
+    def requeue(job_id: str) -> None:
+        """``scontrol requeue``; a failure is printed to the job's log with scontrol's own
+        words and raised, so the job ends as failed (the launcher reconciles its run like
+        any failed job's) instead of waiting for a requeue that will not come."""
+        try:
+            done = subprocess.run(["scontrol", "requeue", job_id], capture_output=True,
+                                  text=True, check=False)  # fmt: skip
+            code, said = done.returncode, (done.stderr or done.stdout or "").strip()
+        except OSError as e:  # no scontrol on this node
+            code, said = None, str(e)
+        if code != 0:
+            msg = f"scontrol requeue {job_id} failed (exit {code}): {said or 'no output'}"
+            print(msg, file=sys.stderr, flush=True)
+            raise RequeueError(msg)
 
     def checkpoint(self, *args: Any, **kwargs: Any):  # only if our handlers were not set
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)

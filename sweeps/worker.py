@@ -26,6 +26,7 @@ import argparse
 import contextlib
 import json
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -53,6 +54,7 @@ class Heartbeat:
 
     def __init__(self, storage: BaseStorage, trial_id: int, interval: float):
         self.storage, self.trial_id, self.interval = storage, trial_id, interval
+        self.errors = 0  # beats the storage refused (each logged; the next beat retries)
         self.stop = threading.Event()
         self.lost = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -64,8 +66,11 @@ class Heartbeat:
             except UpdateFinishedTrialError:
                 self.lost.set()
                 return
-            except Exception:  # a storage hiccup: try again at the next beat
-                pass
+            except Exception as e:  # a storage hiccup: counted, logged, retried next beat
+                self.errors += 1
+                print(f"[heartbeat] trial {self.trial_id}: beat {self.errors} failed "
+                      f"({type(e).__name__}: {e}); retrying in {self.interval:g} s",
+                      file=sys.stderr, flush=True)  # fmt: skip
             self.stop.wait(self.interval)
 
     def __enter__(self):

@@ -12,16 +12,19 @@ from types import SimpleNamespace
 import pytest
 
 from detlab.platform import job as job_module
-from detlab.platform.job import RequeueLimitError, SlurmJob, StopFlag, torch_env
+from detlab.platform.job import RequeueError, RequeueLimitError, SlurmJob, StopFlag, torch_env
 
 
 @pytest.fixture
 def slurm(monkeypatch):
     """Records `scontrol` calls and waits instead of making them."""
     calls = {"scontrol": [], "slept": 0}
-    monkeypatch.setattr(
-        job_module.subprocess, "run", lambda cmd, check: calls["scontrol"].append(cmd)
-    )
+
+    def run(cmd, **kwargs):
+        calls["scontrol"].append(cmd)
+        return SimpleNamespace(returncode=0, stdout="", stderr="")
+
+    monkeypatch.setattr(job_module.subprocess, "run", run)
     monkeypatch.setattr(job_module.time, "sleep", lambda s: calls.__setitem__("slept", s))
     return calls
 
@@ -48,6 +51,29 @@ def test_requeue_limit_is_an_error(slurm, monkeypatch):
             SimpleNamespace(global_rank=0, job_id="41"), stopped_by(signal.SIGUSR2)
         )
     assert slurm["scontrol"] == []
+
+
+def test_a_failed_requeue_fails_the_job_with_scontrols_words(monkeypatch, tmp_path, capsys):
+    """A real `scontrol` that refuses (here a script on PATH): the job raises, naming the
+    job and what scontrol said, and logs it; it does not wait for a requeue."""
+    fake = tmp_path / "scontrol"
+    fake.write_text("#!/bin/sh\necho 'scontrol: error: Invalid job id specified' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+    slept = []
+    monkeypatch.setattr(job_module.time, "sleep", slept.append)
+    with pytest.raises(RequeueError, match=r"scontrol requeue 41 failed \(exit 1\): scontrol: "
+                       r"error: Invalid job id specified"):  # fmt: skip
+        SlurmJob().requeue_and_wait(SimpleNamespace(global_rank=0, job_id="41"),
+                                    stopped_by(signal.SIGUSR2))  # fmt: skip
+    assert slept == [] and "Invalid job id" in capsys.readouterr().err
+
+
+def test_no_scontrol_on_the_node_is_a_failed_requeue(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing there
+    with pytest.raises(RequeueError, match="scontrol requeue 7 failed"):
+        SlurmJob.requeue("7")
 
 
 @pytest.mark.parametrize(("rank", "signum"), [(0, signal.SIGTERM), (1, signal.SIGUSR2)])

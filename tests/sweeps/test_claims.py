@@ -96,3 +96,28 @@ def test_a_lost_trial_does_not_kill_the_worker(grid_study):
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     points = sorted((t.params["masks"], t.params["seed"]) for t in complete)
     assert points == [("global", 0), ("global", 1), ("grid", 0), ("grid", 1)]
+
+
+def test_heartbeat_errors_are_counted_and_logged_then_beats_resume(capsys):
+    """A storage that refuses two beats: each failure is counted and logged with its
+    cause, the next beat retries, and a later beat lands (no exception is swallowed)."""
+
+    class Flaky:
+        def __init__(self):
+            self.calls, self.written = 0, []
+
+        def set_trial_system_attr(self, trial_id, key, value):
+            self.calls += 1
+            if self.calls <= 2:
+                raise ConnectionError(f"database is locked ({self.calls})")
+            self.written.append((trial_id, key))
+
+    storage = Flaky()
+    with worker.Heartbeat(storage, trial_id=5, interval=0.01) as beat:
+        deadline = time.time() + 5
+        while not storage.written and time.time() < deadline:
+            time.sleep(0.01)
+    assert beat.errors == 2 and storage.written[0] == (5, worker.HEARTBEAT)
+    err = capsys.readouterr().err
+    assert "trial 5: beat 1 failed (ConnectionError: database is locked (1))" in err
+    assert "beat 2 failed" in err and "beat 3 failed" not in err
