@@ -75,7 +75,7 @@ def _experiment_id(client: MlflowClient, name: str) -> str:
 
 def create_run(cfg: TrackingConfig, tags: dict[str, str] | None = None) -> str:
     """Create a run up front (launchers do this so the id can be printed before the job)."""
-    client = MlflowClient(cfg.uri)
+    client = _client(cfg.uri)
     all_tags = {**cfg.tags, **(tags or {})}
     if cfg.parent_run_id:
         all_tags["mlflow.parentRunId"] = cfg.parent_run_id
@@ -125,7 +125,7 @@ class RunLogger:
         self.run_id: str | None = None
         if not active:
             return
-        self.client = MlflowClient(cfg.uri)
+        self.client = _client(cfg.uri)
         self.run_id = cfg.run_id or create_run(cfg)
         self.uri = cfg.uri
         if owner:  # tags first: a reconciler never sees RUNNING beside a dead owner's pid
@@ -195,8 +195,29 @@ def _store_call(fn):
     return call
 
 
+_READY: set[str] = set()  # SQLite stores this process has seen initialised
+
+
 def _client(uri: str | None) -> MlflowClient:
-    return MlflowClient(uri)  # cheap: MLflow keeps one store per URI
+    """An MlflowClient (cheap: MLflow keeps one store per URI). A SQLite store is first
+    opened under an exclusive lock on ``<db>.lock``: MLflow creates a new store's tables and
+    runs its migrations on first open, and two processes doing that at once fail with
+    "table already exists"; the lock makes the second wait and find them made."""
+    if not uri or not uri.startswith("sqlite:///") or uri in _READY:
+        return MlflowClient(uri)
+    import fcntl
+
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            client = MlflowClient(uri)
+            client.search_experiments(max_results=1)  # the store is open: created, migrated
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    _READY.add(uri)
+    return client
 
 
 @dataclass(frozen=True)
@@ -339,7 +360,7 @@ def reconcile(
     uncreated."""
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         return []
-    client = MlflowClient(uri)
+    client = _client(uri)
     if experiments is None:
         ids = [e.experiment_id for e in client.search_experiments()]
     else:

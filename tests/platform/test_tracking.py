@@ -6,11 +6,13 @@ import ast
 import os
 import socket
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from detlab.platform.tracking import git_commit
+from detlab.platform.tracking import experiment_id, git_commit, search_runs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -334,3 +336,33 @@ def test_the_stores_refusals_raise_tracking_error(uri):
         tracking.search_runs(uri, [exp], "this is not a filter")
     with pytest.raises(tracking.TrackingError):
         tracking.set_tags(uri, "0123" * 8, {"a": "b"})
+
+
+RACE = """
+import sys, time
+start = float(sys.argv[2])
+while time.time() < start:
+    time.sleep(0.005)
+from detlab.platform.config import TrackingConfig
+from detlab.platform.tracking import create_run
+print(create_run(TrackingConfig(uri=f"sqlite:///{sys.argv[1]}", experiment="race")))
+"""
+
+
+@pytest.mark.slow
+def test_a_new_sqlite_store_opened_by_four_processes_at_once_works_for_all(tmp_path):
+    """MLflow creates a new store's tables on first open; four processes doing it in the
+    same instant (without the lock, 2-3 of 3-4 fail: "duplicate column", "table already
+    exists") all get their run."""
+    db, script = tmp_path / "new" / "mlflow.db", tmp_path / "race.py"
+    script.write_text(RACE)
+    start = str(time.time() + 8)  # every interpreter started and waiting by then
+    procs = [subprocess.Popen([sys.executable, str(script), str(db), start],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]  # fmt: skip
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [err[-300:] for _, err in outs]
+    ids = {out.strip().splitlines()[-1] for out, _ in outs}
+    uri = f"sqlite:///{db}"
+    runs = search_runs(uri, [experiment_id(uri, "race")])
+    assert len(ids) == 4 and {r.run_id for r in runs} == ids
