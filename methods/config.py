@@ -2,10 +2,10 @@
 
 Hydra structured configs (dataclasses), values in YAML under ``sweeps/conf/``. The platform
 assembles these with its own (optimiser, training, tracking, cluster) into the full tree in
-``detlab.platform.config``. Each method's own fields live in a subclass of
-``MethodConfig`` beside its model (``DetConConfig`` in ``methods/models/detcon.py``...),
-registered with its class in ``detlab.methods.registry``; no module here imports torch, so
-composing a config stays cheap.
+``detlab.platform.config``. Each method's own fields are a subclass of ``MethodConfig``
+here (``DetConConfig``...), named in ``METHOD_CONFIGS`` and by its model's ``config_class``
+(``detlab.methods.registry`` checks the two agree); no module here imports torch, so
+composing a config (``detlab config``, ``jobs``, ``sweep status``) never loads it.
 """
 
 from __future__ import annotations
@@ -72,3 +72,49 @@ class MethodConfig:
     proj_out: int = 256
     pred_hidden: int = 4096  # 0 = no predictor
     ema_base: float = 0.996  # tau_0 of the cosine EMA schedule (target networks)
+
+
+@dataclass
+class DetConConfig(MethodConfig):
+    num_masks: int = 16  # mask ids sampled per image (the "mask count" axis)
+    max_mask_id: int = 256  # ids >= this are ignored (uint8 stores: < 256)
+    local_negatives: bool = True  # other masks of the same image are negatives
+    cross_image_negatives: int | None = None  # None = all other images, 0 = none, k = k images
+
+
+@dataclass
+class MoCoConfig(MethodConfig):
+    queue_size: int = 65536  # negatives kept from earlier batches
+
+
+@dataclass
+class VICRegConfig(MethodConfig):
+    vicreg_sim: float = 25.0  # invariance weight (lambda)
+    vicreg_var: float = 25.0  # variance weight (mu)
+    vicreg_cov: float = 1.0  # covariance weight (nu)
+
+
+@dataclass
+class SoCoConfig(MethodConfig):
+    num_boxes: int = 4  # K proposals per image
+    fpn_channels: int = 256  # FPN width
+    roi_size: int = 7  # RoIAlign output size
+    head_hidden: int = 1024  # R-CNN head FC width
+
+
+# each method's config dataclass, by the name of its YAML in sweeps/conf/method/
+METHOD_CONFIGS: dict[str, type[MethodConfig]] = {
+    "simclr": MethodConfig,
+    "byol": MethodConfig,
+    "mocov2": MoCoConfig,
+    "vicreg": VICRegConfig,
+    "detcon_s": DetConConfig,
+    "detcon_b": DetConConfig,
+    "soco": SoCoConfig,
+}
+
+
+def config_schemas() -> dict[str, type[MethodConfig]]:
+    """``{"detcon_b_schema": DetConConfig, ...}``: the config store's ``method/<name>_schema``
+    entries, which each method's YAML names in its defaults."""
+    return {f"{name}_schema": cls for name, cls in METHOD_CONFIGS.items()}

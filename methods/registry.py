@@ -2,14 +2,15 @@
 
 ``build_method(cfg.method, cfg.backbone, cfg.aug)`` is the only way the platform builds a
 method; tests iterate over ``METHODS``. Each class names its config dataclass
-(``config_class``, beside the model); ``config_schemas()`` gives them to the platform's
-config store as ``method/<name>_schema``, which each method's YAML names in its defaults.
-Adding a method: its model file (class + config dataclass), one line here, its YAML.
+(``config_class``), which lives in ``detlab.methods.config`` (torch-free: composing a config
+never imports torch) and is named there in ``METHOD_CONFIGS``; ``check_configs()`` (run at
+import) holds the two together. Adding a method: its model file, its config dataclass and
+one line in ``METHOD_CONFIGS``, one line here, its YAML.
 """
 
 from __future__ import annotations
 
-from detlab.methods.config import AugConfig, BackboneConfig, MethodConfig
+from detlab.methods.config import METHOD_CONFIGS, AugConfig, BackboneConfig, MethodConfig
 from detlab.methods.models.base import Method
 from detlab.methods.models.detcon import DetConB, DetConS
 from detlab.methods.models.image import BYOL, MoCoV2, SimCLR, VICReg
@@ -42,9 +43,17 @@ class UnknownMethodError(ValueError):
     pass
 
 
-def config_schemas() -> dict[str, type[MethodConfig]]:
-    """``{"detcon_b_schema": DetConConfig, ...}`` (group ``method``): each method's config dataclass."""
-    return {f"{name}_schema": cls.config_class for name, cls in METHODS.items()}
+def check_configs() -> None:
+    """Every registered method's ``config_class`` is the one ``METHOD_CONFIGS`` names."""
+    if set(METHODS) != set(METHOD_CONFIGS):
+        raise RuntimeError(f"methods {sorted(METHODS)} != METHOD_CONFIGS {sorted(METHOD_CONFIGS)}")
+    for name, cls in METHODS.items():
+        if cls.config_class is not METHOD_CONFIGS[name]:
+            raise RuntimeError(f"{name}: config_class {cls.config_class.__name__} != "
+                               f"METHOD_CONFIGS[{name!r}] {METHOD_CONFIGS[name].__name__}")  # fmt: skip
+
+
+check_configs()
 
 
 def build_method(m: MethodConfig, b: BackboneConfig, aug: AugConfig) -> Method:

@@ -144,7 +144,7 @@ def register_configs() -> None:
     ``<group>/<group>_schema``: the platform never imports that layer."""
     from importlib.metadata import entry_points
 
-    from detlab.methods.registry import config_schemas
+    from detlab.methods.config import config_schemas
 
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)

@@ -9,12 +9,10 @@ or batch position it lands on (a multi-rank run reproduces a single-process one)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
-from detlab.methods.config import AugConfig, BackboneConfig, MethodConfig
+from detlab.methods.config import AugConfig, BackboneConfig, DetConConfig
 from detlab.methods.heads import mlp
 from detlab.methods.losses import detcon_loss
 from detlab.methods.models.base import Method, embedding_std
@@ -26,14 +24,6 @@ from detlab.methods.pooling import (
     pool_masks,
     sample_mask_ids,
 )
-
-
-@dataclass
-class DetConConfig(MethodConfig):
-    num_masks: int = 16  # mask ids sampled per image (the "mask count" axis)
-    max_mask_id: int = 256  # ids >= this are ignored (uint8 stores: < 256)
-    local_negatives: bool = True  # other masks of the same image are negatives
-    cross_image_negatives: int | None = None  # None = all other images, 0 = none, k = k images
 
 
 def sample_masks(batch: dict[str, Tensor], grid: tuple[int, int], m: DetConConfig):

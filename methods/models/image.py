@@ -2,31 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from detlab.methods.config import AugConfig, BackboneConfig, MethodConfig
+from detlab.methods.config import AugConfig, BackboneConfig, MethodConfig, MoCoConfig, VICRegConfig
 from detlab.methods.heads import mlp
 from detlab.methods.losses import byol_loss, moco_loss, nt_xent_loss, vicreg_loss
 from detlab.methods.models.base import Method, embedding_std
 from detlab.methods.ops import all_gather_with_grad, concat_all_gather, gather_offset
 
 VIEWS = ("view1", "view2")
-
-
-@dataclass
-class MoCoConfig(MethodConfig):
-    queue_size: int = 65536  # negatives kept from earlier batches
-
-
-@dataclass
-class VICRegConfig(MethodConfig):
-    vicreg_sim: float = 25.0  # invariance weight (lambda)
-    vicreg_var: float = 25.0  # variance weight (mu)
-    vicreg_cov: float = 1.0  # covariance weight (nu)
 
 
 class SimCLR(Method):

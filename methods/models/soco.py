@@ -9,25 +9,15 @@ where soco() is -2 x the mean cosine over each image's valid boxes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
-from detlab.methods.config import AugConfig, BackboneConfig, MethodConfig
+from detlab.methods.config import AugConfig, BackboneConfig, SoCoConfig
 from detlab.methods.heads import BoxNeck, mlp
 from detlab.methods.losses import soco_loss
 from detlab.methods.models.base import Method, embedding_std
 
 VIEWS = (("v1", "boxes1"), ("v2", "boxes2"), ("v3", "boxes3"))
-
-
-@dataclass
-class SoCoConfig(MethodConfig):
-    num_boxes: int = 4  # K proposals per image
-    fpn_channels: int = 256  # FPN width
-    roi_size: int = 7  # RoIAlign output size
-    head_hidden: int = 1024  # R-CNN head FC width
 
 
 class SoCo(Method):

@@ -166,3 +166,15 @@ def test_pool_masks_matches_the_reference_pooling():
     assert torch.equal(pool_masks(masks, (4, 4), max_mask_id=16), expected)
     with pytest.raises(ValueError, match=r"\[0, 16\), got range \[0, 16\]"):
         pool_masks(torch.where(masks == 7, 16, masks), (4, 4), max_mask_id=16)
+
+
+def test_a_method_whose_config_class_is_not_the_named_one_is_refused(monkeypatch):
+    """The torch-free METHOD_CONFIGS (what `detlab config` composes with) and each model's
+    config_class must agree, or composing and building would use different schemas."""
+    from detlab.methods import registry
+    from detlab.methods.config import METHOD_CONFIGS, MethodConfig
+
+    registry.check_configs()  # as shipped
+    monkeypatch.setitem(METHOD_CONFIGS, "detcon_b", MethodConfig)
+    with pytest.raises(RuntimeError, match="detcon_b: config_class DetConConfig != METHOD_CONFIGS"):
+        registry.check_configs()
