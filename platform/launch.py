@@ -225,14 +225,12 @@ def submit(cfg: DictConfig):
     return job, cfg.tracking.run_id
 
 
-# a job's end (not PREEMPTED or REQUEUED: such a job runs again)
 FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
-         "BOOT_FAIL", "DEADLINE")  # fmt: skip
+         "BOOT_FAIL", "DEADLINE")  # a job's end (a PREEMPTED or REQUEUED one runs again)  # fmt: skip
 
 
 def _states(cmd: list[str], cluster: DictConfig) -> dict[str, str]:
-    """``id|state`` lines -> {job id: state}; an array's folded line (``123_[5-9%2]``)
-    gives each of its tasks (``123_5``...) the line's state."""
+    """``id|state`` lines -> {job id: state}; a folded line ``123_[5-9%2]`` -> 123_5...123_9."""
     from submitit.slurm.slurm import read_job_id
 
     states = {}
@@ -251,10 +249,9 @@ def sacct_states(job_id: str, cluster: DictConfig) -> dict[str, str]:
 
 
 def array_states(job_id: str, cluster: DictConfig) -> dict[str, str]:
-    """{task id: state} of a job array's tasks, from the queue (what runs and waits now, and
-    what ended in the last MinJobAge seconds) and from accounting (which keeps what ended,
-    but has no record of a task cancelled before it ever started): a final state in
-    accounting wins. A task in neither has left the queue without a record."""
+    """{task id: state} of an array's tasks: the queue's (what runs or waits, what ended in
+    the last MinJobAge s) and accounting's (no record of a task cancelled while pending),
+    whose final states win. A task in neither has left the queue without a record."""
     try:
         queue = _states(["squeue", "-h", "-r", "-t", "all", "-j", str(job_id), "-o", "%i|%T"],
                         cluster)  # fmt: skip
@@ -267,8 +264,8 @@ def array_states(job_id: str, cluster: DictConfig) -> dict[str, str]:
 
 
 def sacct_state(job_id: str, cluster: DictConfig) -> str:
-    states = sacct_states(job_id, cluster)
-    return states.get(str(job_id)) or (list(states.values())[-1] if states else "UNKNOWN")
+    states = sacct_states(job_id, cluster)  # the last line: the latest of a requeued job
+    return states.get(str(job_id)) or next(reversed(states.values()), "UNKNOWN")
 
 
 def follow(job, run_id: str, cfg: DictConfig) -> str:

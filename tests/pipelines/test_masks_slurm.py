@@ -74,6 +74,25 @@ def test_a_task_neither_queued_nor_recorded_counts_as_cancelled(monkeypatch):
     assert array.follow("7", jobs, [], bar) == ["COMPLETED", "CANCELLED"]
 
 
+def test_a_stopped_task_ends_at_a_shard_boundary_and_resumes_past_its_shards(tiny_shapes, tmp_path):
+    """USR2 (time limit) or TERM (preemption) in a task: it ends after the shard in
+    progress and says it stopped (the platform's job then requeues it); the requeued task
+    skips what it wrote."""
+    from detlab.pipelines.masks.generators import DEFAULTS
+    from detlab.pipelines.masks.slurm import MaskShardsJob
+
+    folder = tmp_path / "shards"
+    jobs = missing(12, SHARD, folder)[:3]
+    init_args = ("grid", DEFAULTS["grid"], str(tiny_shapes), "train", "auto")
+    calls = iter([False, True])  # asked before each shard: the second ask says stop
+    job = MaskShardsJob()
+    result = job.run(None, lambda: next(calls), init_args, jobs, 1)
+    assert job.stopped(result) and result["left"] == 2
+    assert [k for k, *_ in missing(12, SHARD, folder)] == [1, 2, 3, 4, 5]
+    result = job.run(None, lambda: False, init_args, jobs, 1)
+    assert not job.stopped(result) and [k for k, *_ in missing(12, SHARD, folder)] == [3, 4, 5]
+
+
 # ---------------------------------------------------------------------- local cluster
 
 
