@@ -44,6 +44,8 @@ ELSEWHERE = {  # command -> where it runs
         for study in ("mask_count", "soco_proposals", "methods")
     },
     "python3 -m pytest -m faults -s": "a part of `python3 -m pytest` (.ci/run)",
+    "dvc repro masks@fh": "tests/pipelines/test_masks_slurm.py, with masks.cluster: slurm, "
+    "tiny params and the local cluster",
     "detlab import-weights format=detcon src=resnet50_detcon_b_imagenet_1k.npy "
     "out=detcon_r50.pt": "tests/methods/test_weights.py, on a file in the release's layout "
     "(the release itself is a download)",
@@ -201,6 +203,8 @@ def test_readme_slurm_commands_run_as_written(scratch, tmp_path, slurm_conf):
             out = run(command, scratch, env)
             if command.startswith("detlab jobs"):
                 assert "detcon_b" in out or "pretrain" in out
+            if "--cluster slurm" in command:  # the mask stage as a job array
+                assert "SLURM job array" in out and "data/masks/slic: 40 images" in out
             if command.startswith("detlab sweep status"):
                 assert "study temperature" in out
     finally:
