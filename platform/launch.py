@@ -52,8 +52,9 @@ def _run(cmd: list[str], cluster: DictConfig) -> str:
         )
     except FileNotFoundError:
         raise LaunchError(f"cluster=slurm but `{cmd[0]}` is not installed here") from None
-    if out.returncode:
-        raise LaunchError(f"`{' '.join(cmd)}` failed: {out.stderr.strip()}")
+    if out.returncode:  # one line: the last of stderr says why (scontrol: "fatal: ...")
+        why = (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[-1]
+        raise LaunchError(f"`{' '.join(cmd)}` failed: {why}")
     return out.stdout
 
 

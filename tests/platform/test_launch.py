@@ -134,3 +134,12 @@ def test_array_states_expand_folded_tasks_and_prefer_final_records(monkeypatch):
 
     monkeypatch.setattr(launch, "_run", gone)
     assert launch.array_states("12", None) == {}
+
+
+def test_a_failing_slurm_command_is_one_line_naming_it():
+    from detlab.platform import launch
+
+    cmd = ["sh", "-c", "echo 'x: error: no DNS' >&2; echo 'x: fatal: no config' >&2; exit 1"]
+    with pytest.raises(LaunchError) as caught:
+        launch._run(cmd, cluster())
+    assert str(caught.value) == f"`{' '.join(cmd)}` failed: x: fatal: no config"
