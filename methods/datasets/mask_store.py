@@ -18,7 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 FORMAT = "detlab-masks-v1"
@@ -41,6 +40,7 @@ def encode(kind: str, value: np.ndarray) -> bytes:
 def decode(kind: str, blob: bytes) -> np.ndarray:
     if kind == "boxes":
         return np.frombuffer(blob, dtype="<f4").reshape(-1, 4).astype(np.float32)
+    import torch  # here, not at the top: mask stages and their SLURM tasks never load it
     from torchvision.io import decode_png  # libpng: the same ids as PIL's, ~1.4x faster
 
     try:

@@ -21,7 +21,6 @@ from detlab.pipelines.masks import generate
 from detlab.pipelines.masks.shards import missing
 from detlab.pipelines.masks.slurm import ArrayTaskError, MaskArray, cluster_settings
 
-REPO = Path(__file__).resolve().parents[2]
 SHARD = 2  # tiny_shapes: 12 train images -> 6 shards; 2 a task -> 3 array tasks
 
 
@@ -221,20 +220,13 @@ def test_impossible_settings_are_refused_before_anything_is_submitted(
 def test_dvc_repro_of_a_mask_set_on_slurm(tmp_path, tiny_params):
     """`dvc repro masks@fh` with masks.cluster: slurm in a copy of the repository: the
     store is a local run's, byte for byte; a second repro runs nothing."""
-    work = tmp_path / "repo"
-    work.mkdir()
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore", "pipelines", "methods", "platform"):
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(src, work / name)
-    params = tiny_params(yaml.safe_load((REPO / "params.yaml").read_text()), tmp_path)
+    from tests.pipelines.test_dvc import scratch_repo
+
+    work, params = scratch_repo(tmp_path, tiny_params)
     params["masks"]["cluster"] = "slurm"
     params["masks"]["slurm"].update(time_min=10, log_dir=str(tmp_path / "logs"))
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=work, check=True, env=env)
 
     def repro() -> str:
         done = subprocess.run(["dvc", "repro", "masks@fh"], cwd=work, capture_output=True,
