@@ -31,6 +31,8 @@ from __future__ import annotations
 import numpy as np
 from skimage.segmentation import felzenszwalb, slic
 
+from detlab.pipelines.masks.selective_search import fh_min_size, soco_proposals
+
 DEFAULTS: dict[str, dict] = {
     "grid": {"n": 4},
     "fh": {"scale": 1000, "sigma": 0.8, "min_size": 1000, "reference": 224},
@@ -72,10 +74,6 @@ def grid(image: np.ndarray, n: int = 4) -> np.ndarray:
     rows = np.arange(h) * n // h
     cols = np.arange(w) * n // w
     return fold_ids(rows[:, None] * n + cols[None, :])
-
-
-def fh_min_size(min_size: int, size: int, reference: int) -> int:
-    return max(1, round(min_size * min(1.0, (size / reference) ** 2)))
 
 
 def fh(image: np.ndarray, scale=1000, sigma=0.8, min_size=1000, reference=224) -> np.ndarray:
@@ -184,7 +182,5 @@ def generate_one(method: str, params: dict, dataset, index: int) -> np.ndarray:
     if method == "slic":
         return slic_masks(image, **params)
     if method == "ss":
-        from detlab.pipelines.masks.selective_search import soco_proposals
-
         return soco_proposals(image, **params)
     raise ValueError(f"unknown mask method {method!r}; choose one of {sorted(KIND)}")

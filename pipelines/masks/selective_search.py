@@ -12,7 +12,11 @@ from __future__ import annotations
 import numpy as np
 from skimage.segmentation import felzenszwalb
 
-from detlab.pipelines.masks.generators import fh_min_size
+
+def fh_min_size(min_size: int, size: int, reference: int) -> int:
+    """Felzenszwalb's ``min_size`` (pixels) given for ``reference`` px images, scaled by
+    area to an image whose short side is ``size`` (never above the given value)."""
+    return max(1, round(min_size * min(1.0, (size / reference) ** 2)))
 
 
 def _hist(values: np.ndarray, bins: int, lo: float, hi: float) -> np.ndarray:
