@@ -142,9 +142,9 @@ class PretrainJob(SlurmJob):
     resumes from the checkpoint and continues the same MLflow run."""
 
     def run(self, env, stop, cfg_yaml: str):
-        from detlab.platform.run import pretrain
+        from detlab.platform.train import resolve_out_dir, train
 
-        return pretrain(OmegaConf.create(cfg_yaml), here=True, stop_requested=stop)
+        return train(resolve_out_dir(OmegaConf.create(cfg_yaml)), stop_requested=stop)
 
     def stopped(self, result) -> bool:
         return result.status == "stopped"
@@ -304,10 +304,10 @@ def run_local(cfg: DictConfig) -> int:
     printed; SIGTERM / SIGUSR2 stop it at a step boundary with a checkpoint."""
     from detlab.platform.checkpoint import CheckpointError
     from detlab.platform.job import StopFlag
-    from detlab.platform.run import pretrain
+    from detlab.platform.train import resolve_out_dir, train
 
-    try:
-        result = pretrain(cfg, here=True, stop_requested=StopFlag().install())
+    try:  # the facade's run in this process (detlab.platform.run.pretrain, here=True)
+        result = train(resolve_out_dir(cfg), stop_requested=StopFlag().install())
     except CheckpointError as exc:
         print(f"detlab pretrain: {exc}", file=sys.stderr)
         return 2

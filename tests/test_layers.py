@@ -143,7 +143,6 @@ def import_cycles(graph: dict[str, set[str]]) -> set[frozenset[str]]:
 # Circles held together by imports inside functions, still to break (issue 30); a new one
 # fails the test below, and a broken one must leave this list.
 KNOWN_CYCLES = {
-    frozenset({"detlab.platform.launch", "detlab.platform.run"}),
     frozenset({"detlab.pipelines.study", "detlab.pipelines.study_runner",
                "detlab.pipelines.study_reference", "detlab.pipelines.study_reuse"}),
     frozenset({"detlab.pipelines.report", "detlab.pipelines.report_markdown",
