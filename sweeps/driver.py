@@ -135,7 +135,8 @@ def start_local_workers(study, url: str, n: int, out_dir: Path) -> list[subproce
 
 def start_slurm_workers(study, url: str, cfg: DictConfig, n: int, out_dir: Path) -> list:
     """A job array of ``n`` workers; each task is a SLURM job with the trial's resources."""
-    from detlab.platform.launch import build_executor, validate_slurm
+    from detlab.platform.launch import build_executor
+    from detlab.platform.slurm_query import validate_slurm
     from detlab.sweeps.slurm_worker import SweepWorkerJob
 
     partition = validate_slurm(cfg.cluster)  # impossible requests fail before submission
@@ -279,7 +280,7 @@ def sweep_command(cfg: DictConfig, sub: str = "run", wait: bool = False, overrid
     except SweepError as exc:
         print(f"detlab sweep: {exc}", file=sys.stderr)
         return 2
-    from detlab.platform.launch import LaunchError
+    from detlab.platform.slurm_query import LaunchError
 
     out_dir = Path(study.user_attrs["out_dir"])
     left = sum(

@@ -91,7 +91,7 @@ class MaskArray:
     poll_s = 2.0
 
     def __init__(self, settings: dict | None, name: str):
-        from detlab.platform.launch import LaunchError, validate_slurm
+        from detlab.platform.slurm_query import LaunchError, validate_slurm
 
         self.cluster, self.parallelism, self.per_task = cluster_settings(settings)
         self.name = name
@@ -137,7 +137,7 @@ class MaskArray:
         """Poll the array's states (one squeue and one sacct call) and the shards on disk
         until every task has ended; the tasks' final states, in order. A task neither
         queued nor recorded (cancelled while pending) counts as CANCELLED."""
-        from detlab.platform.launch import FINAL, LaunchError, array_states
+        from detlab.platform.slurm_query import FINAL, LaunchError, array_states
 
         base, fails, states, unseen = bar.n, 0, {}, Counter()
         while True:

@@ -61,7 +61,7 @@ def test_settings_name_the_bad_key_and_keep_the_profiles_values():
 
 def test_a_task_neither_queued_nor_recorded_counts_as_cancelled(monkeypatch):
     """scancel of a task still pending leaves no trace in squeue or sacct."""
-    from detlab.platform import launch
+    from detlab.platform import slurm_query as launch
     from detlab.platform.progress import Progress
 
     polls = iter([{"7_0": "RUNNING", "7_1": "PENDING"}] + [{"7_0": "COMPLETED"}] * 5)

@@ -6,7 +6,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from detlab.platform.config import ClusterConfig
-from detlab.platform.launch import LaunchError, check_request, minutes, parse_partitions
+from detlab.platform.slurm_query import LaunchError, check_request, minutes, parse_partitions
 
 SCONTROL = (
     "PartitionName=debug AllowGroups=ALL Default=YES MaxNodes=UNLIMITED MaxTime=00:30:00 "
@@ -112,7 +112,7 @@ def test_more_cpus_than_a_node_has_is_refused():
 def test_array_states_expand_folded_tasks_and_prefer_final_records(monkeypatch):
     """squeue (-r) lists what is queued, sacct folds pending tasks into one line and keeps
     what ended; a task cancelled while pending is in neither."""
-    from detlab.platform import launch
+    from detlab.platform import slurm_query as launch
 
     answers = {
         "squeue": "12_1|RUNNING\n12_2|PENDING\n12_3|PENDING\n12_0|COMPLETING\n",
@@ -137,7 +137,7 @@ def test_array_states_expand_folded_tasks_and_prefer_final_records(monkeypatch):
 
 
 def test_a_failing_slurm_command_is_one_line_naming_it():
-    from detlab.platform import launch
+    from detlab.platform import slurm_query as launch
 
     cmd = ["sh", "-c", "echo 'x: error: no DNS' >&2; echo 'x: fatal: no config' >&2; exit 1"]
     with pytest.raises(LaunchError) as caught:
