@@ -36,8 +36,9 @@ setup(
     packages=packages,
     package_dir=package_dir,
     package_data={
-        "detlab.sweeps": ["conf/*.yaml", "conf/**/*.yaml"],
-        "detlab.platform": ["slurm/*.sh", "slurm/*.tmpl", "slurm/*.conf"],
+        "detlab.platform": ["conf/*.yaml", "conf/**/*.yaml", "slurm/*.sh", "slurm/*.tmpl",
+                            "slurm/*.conf"],
+        "detlab.sweeps": ["conf/**/*.yaml"],
     },
     include_package_data=True,
 )

@@ -1,6 +1,6 @@
 """The science's config schema: what a method, its data and its augmentations need.
 
-Hydra structured configs (dataclasses), values in YAML under ``sweeps/conf/``. The platform
+Hydra structured configs (dataclasses), values in YAML under ``platform/conf/``. The platform
 assembles these with its own (optimiser, training, tracking, cluster) into the full tree in
 ``detlab.platform.config``. Each method's own fields are a subclass of ``MethodConfig``
 here (``DetConConfig``...), named in ``METHOD_CONFIGS`` and by its model's ``config_class``
@@ -102,7 +102,7 @@ class SoCoConfig(MethodConfig):
     head_hidden: int = 1024  # R-CNN head FC width
 
 
-# each method's config dataclass, by the name of its YAML in sweeps/conf/method/
+# each method's config dataclass, by the name of its YAML in platform/conf/method/
 METHOD_CONFIGS: dict[str, type[MethodConfig]] = {
     "simclr": MethodConfig,
     "byol": MethodConfig,

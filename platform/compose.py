@@ -1,13 +1,16 @@
-"""Compose the Hydra config tree in ``sweeps/conf`` with overrides, with clear errors.
+"""Compose the Hydra config tree in ``platform/conf`` with overrides, with clear errors.
 
 Used by the CLI, DVC stages, sweep workers and tests alike, so that every entry point
 validates overrides the same way: an unknown key or group option is a ``ConfigError`` that
 names the key and lists the valid choices, raised before any compute is spent.
+
+A layer above adds its own config groups as a folder named by a ``detlab.config_dirs``
+entry point (pyproject.toml: the sweeps' ``sweep/`` group), put on Hydra's search path:
+the platform never looks for that layer's files itself.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -21,6 +24,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from detlab.methods.config import METHOD_CONFIGS
 from detlab.platform.config import Config, register_configs
 
 
@@ -28,15 +32,28 @@ class ConfigError(ValueError):
     """A config key, value or group option that does not exist or does not fit."""
 
 
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+
+
 def conf_dir() -> Path:
-    spec = importlib.util.find_spec("detlab.sweeps")
-    assert spec is not None and spec.submodule_search_locations
-    return Path(list(spec.submodule_search_locations)[0]) / "conf"
+    """The platform's config tree: ``config.yaml`` and every group but those added above."""
+    return CONF_DIR
+
+
+def config_dirs() -> list[Path]:
+    """The platform's tree, then each folder of groups a ``detlab.config_dirs`` entry point
+    names (a layer above's, e.g. ``sweeps/conf`` with ``sweep/``)."""
+    return [CONF_DIR, *(Path(ep.load()) for ep in entry_points(group="detlab.config_dirs"))]
+
+
+def is_group(name: str) -> bool:
+    """Whether ``name`` is a config group (a folder of options) in any config folder."""
+    return "." not in name and any((d / name).is_dir() for d in config_dirs())
 
 
 def group_options(group: str) -> list[str]:
     """The YAML options of a config group, e.g. ``group_options("method")``."""
-    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+    return sorted({p.stem for d in config_dirs() for p in (d / group).glob("*.yaml")})
 
 
 def default_choice(group: str) -> str | None:
@@ -50,13 +67,11 @@ def default_choice(group: str) -> str | None:
 def _schema(parsed: list) -> tuple[DictConfig, str | None]:
     """The full schema with the chosen method's own dataclass in ``method`` (and its name)
     and the groups typed through entry points (``sweep``)."""
-    from detlab.methods.registry import METHODS
-
     schema = OmegaConf.structured(Config)
     chosen = [ov.value() for ov in parsed if ov.key_or_group == "method"]
     name = chosen[-1] if chosen else default_choice("method")
-    if name in METHODS:
-        schema.method = OmegaConf.structured(METHODS[name].config_class)
+    if name in METHOD_CONFIGS:  # the registry checks its classes name these
+        schema.method = OmegaConf.structured(METHOD_CONFIGS[name])
     for ep in entry_points(group="detlab.config_groups"):  # groups typed by layers above
         schema[ep.name] = OmegaConf.structured(ep.load())
     return schema, name
@@ -74,7 +89,7 @@ def _explain(overrides: Sequence[str], exc: Exception) -> str:
         if ov.is_add() or ov.is_delete():
             continue
         parts = key.split(".")
-        if len(parts) == 1 and (conf_dir() / key).is_dir():
+        if len(parts) == 1 and is_group(key):
             value = ov.value()
             if isinstance(value, str) and value not in group_options(key):
                 return (
@@ -131,12 +146,15 @@ def check_ranges(cfg: DictConfig) -> None:
 
 
 def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:
-    """Compose ``sweeps/conf/<config_name>.yaml`` with ``overrides`` (Hydra syntax)."""
+    """Compose ``platform/conf/<config_name>.yaml`` with ``overrides`` (Hydra syntax); the
+    groups of ``config_dirs()`` beyond the platform's are found on Hydra's search path."""
     register_configs()
     GlobalHydra.instance().clear()
+    extra = [d.as_uri() for d in config_dirs()[1:]]
+    search = [f"hydra.searchpath=[{','.join(extra)}]"] if extra else []
     try:
         with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-            cfg = hydra_compose(config_name, overrides=list(overrides))
+            cfg = hydra_compose(config_name, overrides=[*search, *overrides])
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(_explain(overrides, exc)) from None
     finally:

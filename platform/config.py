@@ -1,4 +1,4 @@
-"""Config schema: Hydra structured configs. Values live in YAML under ``sweeps/conf/``.
+"""Config schema: Hydra structured configs. Values live in YAML under ``platform/conf/``.
 
 The full tree ``Config`` composes the science's configs (data, masks, backbone, aug and
 each method's own dataclass, all in ``detlab.methods``) with the platform's (optimiser,
@@ -10,6 +10,7 @@ by OmegaConf's struct mode when the config is composed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -20,6 +21,7 @@ from detlab.methods.config import (
     DataConfig,
     MasksConfig,
     MethodConfig,
+    config_schemas,
 )
 
 
@@ -142,10 +144,6 @@ def register_configs() -> None:
     owned by a layer above is typed by the dataclass its ``detlab.config_groups`` entry
     point names (pyproject.toml: ``sweep = "detlab.sweeps.schema:SweepConfig"``), stored as
     ``<group>/<group>_schema``: the platform never imports that layer."""
-    from importlib.metadata import entry_points
-
-    from detlab.methods.config import config_schemas
-
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     for group, schema in GROUPS.items():

@@ -1,10 +1,14 @@
 """Schema of a sweep definition (config group ``sweep/``); the platform stores it for
-Hydra through the ``detlab.config_groups`` entry point (pyproject.toml)."""
+Hydra through the ``detlab.config_groups`` entry point (pyproject.toml), and finds the
+group's YAML in ``CONFIG_DIR`` through the ``detlab.config_dirs`` one."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+CONFIG_DIR = Path(__file__).resolve().parent / "conf"  # sweep/<name>.yaml
 
 
 @dataclass

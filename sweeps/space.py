@@ -13,7 +13,8 @@ from typing import Any
 import optuna
 from omegaconf import DictConfig, OmegaConf
 
-from detlab.platform.compose import ConfigError, compose, conf_dir, group_options
+from detlab.platform.compose import ConfigError, compose, group_options, is_group
+from detlab.sweeps.schema import ParamSpec
 
 
 class SweepError(ValueError):
@@ -29,14 +30,8 @@ def merge_overrides(*lists: Sequence[str]) -> list[str]:
     return list(merged.values())
 
 
-def is_group(path: str) -> bool:
-    return "." not in path and (conf_dir() / path).is_dir()
-
-
 def normalise_params(sweep: DictConfig) -> DictConfig:
     """Each ``sweep.params.<name>`` checked against ParamSpec (unknown fields are errors)."""
-    from detlab.sweeps.schema import ParamSpec
-
     specs = {}
     for name, raw in (sweep.params or {}).items():
         try:

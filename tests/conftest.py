@@ -38,7 +38,7 @@ def tiny_mask_sets(tiny_shapes, tmp_path_factory) -> dict[str, Path]:
     }
 
 
-TINY_TRAIN = ["experiment=tiny"]  # sweeps/conf/experiment/tiny.yaml
+TINY_TRAIN = ["experiment=tiny"]  # platform/conf/experiment/tiny.yaml
 
 
 @pytest.fixture

@@ -64,8 +64,13 @@ def test_wheel_contains_every_python_folder_and_configs(tmp_path):
     dirs = {Path(n).parent.as_posix() for n in names if n.endswith(".py")}
     expected = {"detlab/" + folder for folder in python_folders()}
     assert expected <= dirs, f"missing from wheel: {sorted(expected - dirs)}"
-    assert "detlab/sweeps/conf/config.yaml" in names
-    assert any(n.startswith("detlab/sweeps/conf/method/") for n in names)
+    assert "detlab/platform/conf/config.yaml" in names
+    assert any(n.startswith("detlab/platform/conf/method/") for n in names)
+    assert any(n.startswith("detlab/sweeps/conf/sweep/") for n in names)
+    entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+    assert "sweeps = detlab.sweeps.schema:CONFIG_DIR" in zipfile.ZipFile(wheel).read(
+        entry_points
+    ).decode()
     for top in TOP_LEVEL:
         assert f"detlab/{top}/__init__.py" not in names
 

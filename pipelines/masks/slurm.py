@@ -14,7 +14,7 @@ near) or TERM (preemption) it stops after the shard in progress and is requeued;
 requeued task skips the shards already written. Settings (``masks.slurm``): ``partition``,
 ``cpus_per_task``, ``time_min``, ``array_parallelism`` (tasks running at once) and
 ``shards_per_task``, plus any other key of the platform's cluster group (``account``,
-``qos``, ``mem_gb``, ``log_dir``, ``setup``...) on top of ``sweeps/conf/cluster/slurm.yaml``;
+``qos``, ``mem_gb``, ``log_dir``, ``setup``...) on top of ``platform/conf/cluster/slurm.yaml``;
 checked against the cluster (partition, time limit, CPUs per node) before submission.
 """
 

@@ -10,7 +10,7 @@ from detlab.methods.pooling import hashed_uniform, mask_pool_features, pool_mask
 from detlab.methods.registry import METHODS, UnknownMethodError, build_method
 from detlab.platform.compose import compose, group_options
 
-TINY = ["experiment=tiny"]  # sweeps/conf/experiment/tiny.yaml
+TINY = ["experiment=tiny"]  # platform/conf/experiment/tiny.yaml
 
 
 def tiny(name, *extra):

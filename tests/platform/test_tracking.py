@@ -23,7 +23,7 @@ def git(repo, *args):
 
 @pytest.fixture
 def repo(tmp_path):
-    for rel in ("pkg/train.py", "sweeps/conf/method/a.yaml", "dvc.lock", "params.yaml",
+    for rel in ("pkg/train.py", "platform/conf/method/a.yaml", "dvc.lock", "params.yaml",
                 "metrics/cell.json", "requirements.lock"):  # fmt: skip
         path = tmp_path / rel
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -44,7 +44,9 @@ def test_files_written_by_dvc_and_runs_do_not_dirty_the_commit(repo):
     assert git_commit(repo / "pkg") == clean  # from a subfolder too
 
 
-@pytest.mark.parametrize("rel", ["pkg/train.py", "sweeps/conf/method/a.yaml", "requirements.lock"])
+@pytest.mark.parametrize(
+    "rel", ["pkg/train.py", "platform/conf/method/a.yaml", "requirements.lock"]
+)
 def test_an_edited_source_file_dirties_the_commit(repo, rel):
     clean = git_commit(repo)
     (repo / rel).write_text("v2\n")
