@@ -16,8 +16,8 @@ id=$(python3 -c "
 from mlflow.tracking import MlflowClient
 print(MlflowClient('http://127.0.0.1:$PORT').get_experiment_by_name('study-mask_quality').experiment_id)")
 shot() {  # shot <file> <url fragment>
-    chromium --headless=new --no-sandbox --disable-gpu --hide-scrollbars --window-size=1900,1000 \
-        --virtual-time-budget=20000 --screenshot="$OUT/$1" "http://127.0.0.1:$PORT/$2" 2>/dev/null
+    chromium --headless=new --no-sandbox --disable-gpu --hide-scrollbars --window-size=1900,1300 \
+        --virtual-time-budget=60000 --screenshot="$OUT/$1" "http://127.0.0.1:$PORT/$2" 2>/dev/null
 }
 shot mlflow_study_table.png "#/experiments/$id/runs?viewStateShareKey=detlab-study"
 shot mlflow_study_charts.png "#/experiments/$id/runs?viewStateShareKey=detlab-study&compareRunsMode=CHART"
