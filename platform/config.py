@@ -67,6 +67,11 @@ class TrackingConfig:
     run_id: str | None = None  # continue this MLflow run (requeued jobs, sweeps)
     parent_run_id: str | None = None  # nest under a sweep / study run
     tags: dict[str, str] = field(default_factory=dict)
+    # Logging never waits on the store: records queue (this many in memory, then on disk) for
+    # a background writer; at the run's end it waits this long for the store, then leaves
+    # the rest in $DETLAB_HOME/spill/ for `detlab jobs` (or the run's next start) to write.
+    queue_size: int = 10_000
+    flush_timeout_s: float = 60.0
 
 
 @dataclass

@@ -20,9 +20,13 @@ import submitit
 from omegaconf import DictConfig, OmegaConf
 
 from detlab.platform.compose import to_yaml
-from detlab.platform.job import SlurmJob
+from detlab.platform.job import SlurmJob, StopFlag
 from detlab.platform.progress import Progress
-from detlab.platform.slurm_query import FINAL, LaunchError, sacct_state, slurm_env, validate_slurm
+from detlab.platform.slurm_query import LaunchError, sacct_state, slurm_env, validate_slurm
+from detlab.platform.states import FINAL, JobState, TrainStatus
+
+# Imports inside functions here are lazy on purpose: `detlab jobs` and the mask stages'
+# SLURM arrays import this module without torch (train, checkpoint) or mlflow (tracking).
 
 
 def registry() -> Path:
@@ -39,12 +43,12 @@ class PretrainJob(SlurmJob):
     resumes from the checkpoint and continues the same MLflow run."""
 
     def run(self, env, stop, cfg_yaml: str):
-        from detlab.platform.train import resolve_out_dir, train
+        from detlab.platform.train import resolve_out_dir, train  # lazy: torch
 
         return train(resolve_out_dir(OmegaConf.create(cfg_yaml)), stop_requested=stop)
 
     def stopped(self, result) -> bool:
-        return result.status == "stopped"
+        return result.status == TrainStatus.STOPPED
 
 
 def local_executor(cluster: DictConfig) -> submitit.Executor:
@@ -87,7 +91,7 @@ def resumed_run_id(cfg: DictConfig) -> str | None:
     """The MLflow run of the checkpoint this submission will resume (resubmitting a job
     that was killed, OOM-killed or cancelled continues its run instead of opening a second
     one); a checkpoint another run wrote is refused here, before anything is queued."""
-    from detlab.platform import checkpoint as ckpt
+    from detlab.platform import checkpoint as ckpt  # lazy: torch
 
     path = Path(cfg.train.out_dir) / "checkpoint.pt"
     if not (cfg.train.resume and path.exists()):
@@ -99,8 +103,8 @@ def resumed_run_id(cfg: DictConfig) -> str | None:
 
 def submit(cfg: DictConfig):
     """Validate, create the MLflow run, submit; returns (job, run_id)."""
-    from detlab.platform.tracking import create_run, set_tags
-    from detlab.platform.train import resolve_out_dir, resolve_run_name
+    from detlab.platform.tracking import create_run, set_tags  # lazy: mlflow
+    from detlab.platform.train import resolve_out_dir, resolve_run_name  # lazy: torch
 
     partition = validate_slurm(cfg.cluster)
     cfg = OmegaConf.merge(cfg, {"cluster": {"partition": partition}})
@@ -126,10 +130,10 @@ def submit(cfg: DictConfig):
 def follow(job, run_id: str, cfg: DictConfig) -> str:
     """Wait for the job's final SLURM state (through requeues) with a progress bar; a run
     that its failed job left RUNNING is ended with the reason."""
-    from detlab.platform.tracking import metric_history
+    from detlab.platform.tracking import metric_history  # lazy: mlflow
 
     bar = Progress(cfg.train.steps, f"job {job.job_id}")
-    state = "PENDING"
+    state = JobState.PENDING
     while True:
         state = sacct_state(job.job_id, cfg.cluster)
         hist = metric_history(cfg.tracking.uri, run_id, "loss") if run_id else []
@@ -137,7 +141,7 @@ def follow(job, run_id: str, cfg: DictConfig) -> str:
         bar.goto(max([step for step, _ in hist], default=0))
         if state in FINAL:
             bar.close()
-            if state != "COMPLETED":  # a job killed hard could not close its run
+            if state != JobState.COMPLETED:  # a job killed hard could not close its run
                 reconcile(cfg.tracking.uri, cfg.cluster, [cfg.tracking.experiment])
             return state
         time.sleep(2)
@@ -146,7 +150,7 @@ def follow(job, run_id: str, cfg: DictConfig) -> str:
 def wait(job, run_id: str, cfg: DictConfig) -> None:
     """Follow a submitted job to its end; an error naming its log unless it COMPLETED."""
     state = follow(job, run_id, cfg)
-    if state != "COMPLETED":
+    if state != JobState.COMPLETED:
         raise RuntimeError(f"SLURM job {job.job_id} ended {state}: see {job.paths.stdout}")
 
 
@@ -156,9 +160,8 @@ def wait(job, run_id: str, cfg: DictConfig) -> None:
 def run_local(cfg: DictConfig) -> int:
     """`detlab pretrain` in this process (or a local submitit job's): the facade's run,
     printed; SIGTERM / SIGUSR2 stop it at a step boundary with a checkpoint."""
-    from detlab.platform.checkpoint import CheckpointError
-    from detlab.platform.job import StopFlag
-    from detlab.platform.train import resolve_out_dir, train
+    from detlab.platform.checkpoint import CheckpointError  # lazy: torch
+    from detlab.platform.train import resolve_out_dir, train  # lazy: torch
 
     try:  # the facade's run in this process (detlab.platform.run.pretrain, here=True)
         result = train(resolve_out_dir(cfg), stop_requested=StopFlag().install())
@@ -167,11 +170,11 @@ def run_local(cfg: DictConfig) -> int:
         return 2
     print(f"{result.status} at step {result.step}: checkpoint {result.checkpoint}, "
           f"MLflow run {result.run_id} ({cfg.tracking.uri})")  # fmt: skip
-    return 0 if result.status == "completed" else 1
+    return 0 if result.status == TrainStatus.COMPLETED else 1
 
 
 def pretrain_command(cfg: DictConfig, wait: bool = False) -> int:
-    from detlab.platform.train import resolve_out_dir
+    from detlab.platform.train import resolve_out_dir  # lazy: torch
 
     cfg = resolve_out_dir(cfg)  # fixed now: a local submitit job or a requeue keeps it
     if cfg.cluster.name != "slurm":
@@ -192,15 +195,15 @@ def pretrain_command(cfg: DictConfig, wait: bool = False) -> int:
     if wait:
         state = follow(job, run_id, cfg)
         print(f"job {job.job_id}: {state}")
-        return 0 if state == "COMPLETED" else 1
+        return 0 if state == JobState.COMPLETED else 1
     return 0
 
 
 def reconcile(uri: str, cluster: DictConfig, experiments: list[str] | None = None) -> list:
     """End the RUNNING MLflow runs whose SLURM job or local process is gone (FAILED or
-    KILLED, the reason as a tag; see ``tracking.stale_verdict``). Printed, and returned as
+    KILLED, the reason as a tag; see ``reconcile.stale_verdict``). Printed, and returned as
     (run id, status, reason)."""
-    from detlab.platform.tracking import reconcile as end_stale
+    from detlab.platform.reconcile import reconcile as end_stale
 
     def job_state(job_id: str) -> str | None:
         try:
@@ -231,6 +234,7 @@ def store_reachable(uri: str, timeout_s: float = 3.0) -> bool:
 def jobs_command(cfg: DictConfig) -> int:
     """detlab's jobs with their SLURM state (sacct), MLflow run status and log path. Runs
     left RUNNING by a job or process that is gone are marked FAILED/KILLED first."""
+    from detlab.platform.reconcile import replay_spills
     from detlab.platform.tracking import get_run
 
     entries = []
@@ -243,6 +247,8 @@ def jobs_command(cfg: DictConfig) -> int:
             continue
         reachable.add(uri)
         reconcile(uri, cfg.cluster)
+    for run_id, n, what in replay_spills():  # records a store outage kept on disk
+        print(f"MLflow run {run_id}: {n} tracking records that waited on disk: {what}")
     if not entries:
         print("no detlab jobs submitted yet")
         return 0
@@ -251,7 +257,7 @@ def jobs_command(cfg: DictConfig) -> int:
         try:
             state = sacct_state(e["job_id"], cfg.cluster)
         except LaunchError:
-            state = "UNKNOWN"
+            state = JobState.UNKNOWN
         run_status = "?"
         if e["uri"] in reachable:
             with contextlib.suppress(Exception):  # a run deleted from its store

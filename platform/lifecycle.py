@@ -20,6 +20,14 @@ import socket
 import sys
 import threading
 import time
+from pathlib import Path
+
+
+def detlab_home() -> Path:
+    """detlab's own files on this machine (job list, spilled tracking records):
+    ``$DETLAB_HOME``, default ``~/.detlab``."""
+    return Path(os.environ.get("DETLAB_HOME", Path.home() / ".detlab"))
+
 
 ORPHANED = 70  # exit status of a process whose parent died
 SHELLS = frozenset({"sh", "dash", "bash", "zsh", "ksh", "mksh", "busybox"})

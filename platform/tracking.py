@@ -11,10 +11,11 @@ worker or a requeued job can continue exactly the run it was given.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import subprocess
+import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from mlflow.tracking import MlflowClient
 
 from detlab.platform import lifecycle
 from detlab.platform.config import TrackingConfig
+from detlab.platform.tracking_queue import TrackingQueue
 
 MAX_PARAM_LEN = 500
 STALE_REASON = "failure_reason"  # why a run ended FAILED or KILLED
@@ -90,10 +92,15 @@ def _set_tags(client: MlflowClient, run_id: str, tags: dict[str, object]) -> Non
         client.set_tag(run_id, key, str(value))
 
 
-def _log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], step: int) -> None:
-    """One value per metric at ``step``, all with this moment's timestamp."""
-    ts = int(time.time() * 1000)
-    batch = [Metric(k, float(v), ts, step) for k, v in metrics.items()]
+def _log_metrics(
+    client: MlflowClient, run_id: str, metrics: dict[str, float], step: int, ts: int | None = None
+) -> None:
+    """One value per metric at ``step``, all with timestamp ``ts`` (ms; default now)."""
+    ts = int(time.time() * 1000) if ts is None else ts
+    _log_metric_list(client, run_id, [Metric(k, float(v), ts, step) for k, v in metrics.items()])
+
+
+def _log_metric_list(client: MlflowClient, run_id: str, batch: list[Metric]) -> None:
     for i in range(0, len(batch), 500):  # MLflow takes at most 1000 per request
         client.log_batch(run_id, metrics=batch[i : i + 500])
 
@@ -113,6 +120,54 @@ def _log_new_params(client: MlflowClient, run_id: str, params: dict[str, object]
         client.log_batch(run_id, params=new[i : i + 100])
 
 
+# ------------------------------------------- records: what a RunLogger's queue carries
+# JSON-able dicts ({"op": ..., "uri": ...}), applied in order by the queue's writer thread or
+# replayed from a spill file; each is idempotent (see tracking_queue).
+
+
+def _apply_records(client: MlflowClient, run_id: str, records: list[dict]) -> None:
+    metrics: list[Metric] = []  # consecutive metric records go as one request
+    for rec in [*records, {"op": "flush"}]:
+        op = rec["op"]
+        if op == "metrics":
+            metrics += [
+                Metric(k, float(v), rec["ts"], rec["step"]) for k, v in rec["values"].items()
+            ]
+            continue
+        _log_metric_list(client, run_id, metrics)
+        metrics = []
+        if op == "params":
+            _log_new_params(client, run_id, rec["values"])
+        elif op == "tags":
+            _set_tags(client, run_id, rec["values"])
+        elif op == "text":
+            client.log_text(run_id, rec["text"], rec["file"])
+        elif op == "artifact":
+            client.log_artifact(run_id, rec["path"], rec["artifact_path"])
+        elif op == "pause":
+            client.set_tag(run_id, "detlab.state", "requeued")
+        elif op == "end":
+            if "detlab.state" in client.get_run(run_id).data.tags:  # paused, then resumed
+                client.delete_tag(run_id, "detlab.state")
+            _end(client, run_id, rec["status"], rec["reason"])
+
+
+REFUSALS = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS",
+            "INVALID_STATE", "BAD_REQUEST", "PERMISSION_DENIED", "UNAUTHENTICATED"}  # fmt: skip
+
+
+def _refused(exc: BaseException) -> bool:
+    """The store said no (retrying cannot help), as opposed to not answering."""
+    if isinstance(exc, FileNotFoundError):  # an artifact removed before it was written
+        return True
+    return isinstance(exc, mlflow.exceptions.MlflowException) and exc.error_code in REFUSALS
+
+
+def spill_file(run_id: str) -> Path:
+    """Where a run's records wait when the store is down: $DETLAB_HOME/spill/<run id>.jsonl."""
+    return lifecycle.detlab_home() / "spill" / f"{run_id}.jsonl"
+
+
 class RunLogger:
     """Logs to one MLflow run; a no-op when ``active`` is False (non-zero ranks)."""
 
@@ -123,6 +178,7 @@ class RunLogger:
         as ``detlab.interrupted``."""
         self.active = active
         self.run_id: str | None = None
+        self.queue = None
         if not active:
             return
         self.client = _client(cfg.uri)
@@ -139,39 +195,56 @@ class RunLogger:
                 if key in tags:
                     self.client.delete_tag(self.run_id, key)
         self.client.update_run(self.run_id, status="RUNNING")
+        self.flush_timeout_s = float(cfg.flush_timeout_s)
+        self.queue: TrackingQueue | None = TrackingQueue(
+            functools.partial(_apply_records, self.client, self.run_id),
+            spill_file(self.run_id), int(cfg.queue_size),
+            f"tracking ({self.uri}, run {self.run_id[:8]})", _refused)  # fmt: skip
+        atexit.register(self.close)  # a logger nobody finished still writes what it has
+
+    def _put(self, op: str, **fields) -> None:
+        if self.active:
+            self.queue.put({"op": op, "uri": self.uri, **fields})
 
     def log_params(self, params: dict[str, object]) -> None:
-        if self.active:
-            _log_new_params(self.client, self.run_id, params)
+        self._put("params", values={k: str(v)[:MAX_PARAM_LEN] for k, v in params.items()})
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        if self.active:
-            _set_tags(self.client, self.run_id, tags)
+        self._put("tags", values={k: str(v) for k, v in tags.items()})
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        if self.active and metrics:
-            _log_metrics(self.client, self.run_id, metrics, step)
+        if metrics:  # stamped now: a late write keeps the moment it was logged
+            values = {k: float(v) for k, v in metrics.items()}
+            self._put("metrics", values=values, step=int(step), ts=int(time.time() * 1000))
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        if self.active:
-            self.client.log_text(self.run_id, text, artifact_file)
+        self._put("text", text=text, file=artifact_file)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        if self.active:
-            self.client.log_artifact(self.run_id, str(path), artifact_path)
+        self._put("artifact", path=str(Path(path).resolve()), artifact_path=artifact_path)
 
     def finish(self, status: str = "FINISHED", reason: str | None = None) -> None:
-        if not self.active:
-            return
-        if "detlab.state" in self.client.get_run(self.run_id).data.tags:  # paused, then resumed
-            self.client.delete_tag(self.run_id, "detlab.state")
         assert status in RunStatus.all_status() or status in ("FINISHED", "FAILED", "KILLED")
-        _end(self.client, self.run_id, status, reason)
+        self._put("end", status=status, reason=reason)
+        self.close()
 
     def pause(self) -> None:
         """Leave the run RUNNING-but-detached for a requeued job to continue."""
-        if self.active:
-            self.client.set_tag(self.run_id, "detlab.state", "requeued")
+        self._put("pause")
+        self.close()
+
+    def close(self) -> int:
+        """Wait (up to ``tracking.flush_timeout_s``) for the queue to be written; what the
+        store did not take by then waits in the spill file. Returns how many records wait."""
+        if not self.active or self.queue is None:
+            return 0
+        queue, self.queue = self.queue, None
+        left = queue.close(self.flush_timeout_s)
+        if left:
+            print(f"detlab tracking: {left} records of run {self.run_id} did not reach "
+                  f"{self.uri}; they wait in {queue._spill} for `detlab jobs` (or the run's "
+                  "next start) to write them", file=sys.stderr, flush=True)  # fmt: skip
+        return left
 
 
 # -------------------------------------------------- one run, by store URI and run id
@@ -245,10 +318,23 @@ def get_run(uri: str | None, run_id: str) -> TrackedRun:
 
 
 @_store_call
-def search_runs(uri: str, experiment_ids: list[str], filter_string: str = "") -> list[TrackedRun]:
+def search_runs(
+    uri: str, experiment_ids: list[str], filter_string: str = "", max_results: int = 1000
+) -> list[TrackedRun]:
     """The runs of the experiments that match ``filter_string`` (MLflow's search syntax),
-    newest first; at most 1000, MLflow's default page."""
-    return [_tracked(r) for r in _client(uri).search_runs(experiment_ids, filter_string)]
+    newest first; at most ``max_results`` (MLflow's default page: 1000)."""
+    found = _client(uri).search_runs(experiment_ids, filter_string, max_results=max_results)
+    return [_tracked(r) for r in found]
+
+
+@_store_call
+def experiment_ids(uri: str, names: list[str] | None = None) -> list[str]:
+    """The ids of the experiments ``names`` that exist (default: every experiment)."""
+    client = _client(uri)
+    if names is None:
+        return [e.experiment_id for e in client.search_experiments()]
+    found = (client.get_experiment_by_name(name) for name in names)
+    return [e.experiment_id for e in found if e is not None]
 
 
 @_store_call
@@ -299,6 +385,12 @@ def log_artifact(uri: str, run_id: str, path: str | Path, artifact_path: str | N
 
 
 @_store_call
+def apply_records(uri: str, run_id: str, records: list[dict]) -> None:
+    """Write a logger's queued records (a spill file's) into the run, in order."""
+    _apply_records(_client(uri), run_id, records)
+
+
+@_store_call
 def mark_running(uri: str, run_id: str) -> None:
     """Set the run's status back to RUNNING (a parent whose children are coming)."""
     _client(uri).update_run(run_id, status="RUNNING")
@@ -309,76 +401,3 @@ def end_run(uri: str, run_id: str, status: str = "FINISHED", reason: str | None 
     """End the run with ``status`` and its end time; ``reason`` (why it FAILED or was
     KILLED) as its ``failure_reason`` tag."""
     _end(_client(uri), run_id, status, reason)
-
-
-# ------------------------------------------------------------------ stale-run reconciliation
-
-
-# a job in one of these states will never close its run
-JOB_ENDED = {"FAILED": "FAILED", "CANCELLED": "KILLED", "OUT_OF_MEMORY": "FAILED",
-             "TIMEOUT": "FAILED", "NODE_FAIL": "FAILED", "BOOT_FAIL": "FAILED",
-             "DEADLINE": "FAILED"}  # fmt: skip
-
-
-def stale_verdict(
-    tags: dict[str, str], job_state: Callable[[str], str | None]
-) -> tuple[str, str] | None:
-    """(status, reason) for a RUNNING run whose computation is gone, else None.
-
-    A run submitted to SLURM (tag ``detlab.slurm_job``) is judged by its job's final state
-    (``job_state``: the launcher's sacct lookup; None when it cannot tell); while the job is
-    pending, running or requeued the run is left alone. Otherwise, and after a COMPLETED job,
-    by the owner process tagged when the run was opened (only on the host it ran on).
-    """
-    job = tags.get("detlab.slurm_job")
-    if job:
-        state = job_state(job)
-        if state in JOB_ENDED:
-            return JOB_ENDED[state], f"SLURM job {job} ended {state}"
-        if state != "COMPLETED":
-            return None
-    host, pid = tags.get("detlab.host"), tags.get("detlab.pid")
-    if (
-        not (host and pid)
-        or lifecycle.alive(host, int(pid), tags.get("detlab.pid_start", "")) is not False
-    ):
-        return None
-    return (
-        "KILLED",
-        f"process {pid} on {host} ended without closing the run (killed or out of memory)",
-    )
-
-
-def reconcile(
-    uri: str,
-    job_state: Callable[[str], str | None] = lambda job: None,
-    experiments: list[str] | None = None,
-) -> list[tuple[str, str, str]]:
-    """End the RUNNING runs (of the named experiments, default all) whose job or process is
-    gone (see ``stale_verdict``) with that status and the reason as the ``failure_reason``
-    tag; returns (run id, status, reason). A SQLite store that does not exist is left
-    uncreated."""
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
-        return []
-    client = _client(uri)
-    if experiments is None:
-        ids = [e.experiment_id for e in client.search_experiments()]
-    else:
-        found = (client.get_experiment_by_name(name) for name in experiments)
-        ids = [e.experiment_id for e in found if e is not None]
-    if not ids:
-        return []
-    ended = []
-    for run in client.search_runs(ids, "attributes.status = 'RUNNING'", max_results=5000):
-        verdict = stale_verdict(run.data.tags, job_state)
-        if verdict is None:
-            continue
-        now = client.get_run(run.info.run_id)  # reopened meanwhile by a resumed run?
-        if now.info.status != "RUNNING" or now.data.tags.get("detlab.pid") != run.data.tags.get(
-            "detlab.pid"
-        ):
-            continue
-        status, reason = verdict
-        _end(client, run.info.run_id, status, reason)
-        ended.append((run.info.run_id, status, reason))
-    return ended

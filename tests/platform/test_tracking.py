@@ -76,7 +76,8 @@ def dead_pid() -> int:
 def test_a_run_whose_local_process_died_is_marked_killed_and_reopening_clears_it(store):
     from mlflow.tracking import MlflowClient
 
-    from detlab.platform.tracking import RunLogger, reconcile
+    from detlab.platform.reconcile import reconcile
+    from detlab.platform.tracking import RunLogger
 
     logger = RunLogger(store, owner=True)  # this process: alive
     client = MlflowClient(store.uri)
@@ -107,7 +108,8 @@ def test_a_run_whose_local_process_died_is_marked_killed_and_reopening_clears_it
 def test_a_reused_pid_is_not_taken_for_the_owner(store):
     from mlflow.tracking import MlflowClient
 
-    from detlab.platform.tracking import RunLogger, reconcile
+    from detlab.platform.reconcile import reconcile
+    from detlab.platform.tracking import RunLogger
 
     logger = RunLogger(store, owner=True)
     MlflowClient(store.uri).set_tag(logger.run_id, "detlab.pid_start", "1")  # not our start
@@ -121,7 +123,7 @@ def test_a_reused_pid_is_not_taken_for_the_owner(store):
      (None, None)],
 )  # fmt: skip
 def test_a_slurm_run_is_judged_by_its_job(state, expected):
-    from detlab.platform.tracking import stale_verdict
+    from detlab.platform.reconcile import stale_verdict
 
     tags = {"detlab.slurm_job": "42", "detlab.host": socket.gethostname(),
             "detlab.pid": str(dead_pid())}  # fmt: skip
@@ -139,7 +141,7 @@ def test_a_slurm_run_is_judged_by_its_job(state, expected):
 
 
 def test_a_completed_job_that_left_its_run_open_falls_back_to_the_pid():
-    from detlab.platform.tracking import stale_verdict
+    from detlab.platform.reconcile import stale_verdict
 
     tags = {"detlab.slurm_job": "7", "detlab.host": socket.gethostname()}
     assert stale_verdict({**tags, "detlab.pid": str(os.getpid())}, lambda j: "COMPLETED") is None
@@ -151,7 +153,7 @@ def test_a_completed_job_that_left_its_run_open_falls_back_to_the_pid():
 
 
 def test_reconcile_does_not_create_a_missing_store(tmp_path):
-    from detlab.platform.tracking import reconcile
+    from detlab.platform.reconcile import reconcile
 
     assert reconcile(f"sqlite:///{tmp_path}/none.db") == []
     assert not (tmp_path / "none.db").exists()
