@@ -174,3 +174,28 @@ def install_view(uri: str, experiment_id: str) -> str:
 
 def view_link(experiment_id: str) -> str:
     return f"#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_ID}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m detlab.pipelines.study_views [--tracking-uri URI] [study ...]``: write each
+    study's view again and colour its runs (the studies stage writes the view before its
+    cells log; this colours a store filled since)."""
+    import argparse
+
+    from detlab.platform.tracking import experiment_id
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
+    ap.add_argument("studies", nargs="*", default=["mask_quality", "resolution"])
+    args = ap.parse_args(argv)
+    for study in args.studies:
+        experiment = experiment_id(args.tracking_uri, f"study-{study}")
+        link = install_view(args.tracking_uri, experiment)
+        colours = ", ".join(
+            f"{r} {c}" for r, c in colour_runs(args.tracking_uri, experiment).items()
+        )
+        print(f"study {study}: {link} ({colours or 'no runs yet'})")
+
+
+if __name__ == "__main__":
+    main()

@@ -120,3 +120,21 @@ def test_default_group_colours_collide_which_is_why_runs_are_coloured():
         return palette[(t | n << 8) % len(palette)]
 
     assert {group_colour(f"param.row.{r}") for r in ("fh", "random", "supervised")} == {"#8acaff"}
+
+
+def test_the_command_colours_a_store_filled_after_the_view_was_written(tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from detlab.pipelines.study_views import main
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("study-x")
+    install_view(uri, exp)  # the stage's start: no runs yet
+    for row, role in (("gt", "cell"), ("random", "reference")):
+        run = client.create_run(exp, tags={"detlab.role": role}).info.run_id
+        client.log_param(run, "row", row)
+    main(["--tracking-uri", uri, "x"])
+    colours = {r.data.params["row"]: r.data.tags[RUN_COLOR_TAG] for r in client.search_runs([exp])}
+    assert_distinct(colours, {"random"})
+    assert f"gt {colours['gt']}" in capsys.readouterr().out
