@@ -20,7 +20,14 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from detlab.platform.train import TrainResult
+from detlab.methods.eval import run_eval
+from detlab.platform.checkpoint import load_backbone, resolve
+from detlab.platform.distributed import resolve_device
+from detlab.platform.job import StopFlag
+from detlab.platform.launch import local_executor, submit, wait
+from detlab.platform.states import TrainStatus
+from detlab.platform.tracking import get_run
+from detlab.platform.train import TrainResult, resolve_out_dir, train
 
 
 def pretraining_resolution(state: dict, default: int = 224) -> int:
@@ -34,9 +41,6 @@ def pretraining_resolution(state: dict, default: int = 224) -> int:
 def _train_in_job(cfg: DictConfig) -> TrainResult:
     """A local submitit job's process: SIGTERM / SIGUSR2 stop the run at a step boundary
     with a checkpoint, as on SLURM."""
-    from detlab.platform.job import StopFlag
-    from detlab.platform.train import train
-
     return train(cfg, stop_requested=StopFlag().install())
 
 
@@ -49,23 +53,17 @@ def pretrain(
 ) -> TrainResult:
     """Train ``cfg`` to its end (or a stop) where ``cfg.cluster`` says; see the module doc.
     ``on_metrics`` and ``stop_requested`` reach train() and so need this process."""
-    from detlab.platform.train import resolve_out_dir, train
-
     cfg = resolve_out_dir(cfg)  # fixed now: a job or a requeue writes where we look
     if here or (cfg.cluster.name != "slurm" and cfg.cluster.executor != "submitit"):
         return train(cfg, on_metrics=on_metrics, stop_requested=stop_requested)
     if on_metrics is not None or stop_requested is not None:
         raise ValueError("on_metrics / stop_requested need the run in this process (here=True)")
-    from detlab.platform.launch import local_executor, submit, wait
-
     if cfg.cluster.name != "slurm":  # a local submitit job: its own process and log
         return local_executor(cfg.cluster).submit(_train_in_job, cfg).result()
-    from detlab.platform.tracking import get_run
-
     job, run_id = submit(cfg)
     wait(job, run_id, cfg)  # through requeues; an error naming the log unless COMPLETED
     return TrainResult(
-        status="completed",
+        status=TrainStatus.COMPLETED,
         step=int(cfg.train.steps),
         run_id=run_id,
         metrics=dict(get_run(cfg.tracking.uri, run_id).metrics),
@@ -86,10 +84,6 @@ def evaluate(
 ) -> dict[str, float]:
     """Protocol ``eval_cfg.name`` on ``model`` (a checkpoint path or MLflow run id, a
     resolved checkpoint state, or a backbone module); pictures go to ``out_dir``."""
-    from detlab.methods.eval import run_eval
-    from detlab.platform.checkpoint import load_backbone, resolve
-    from detlab.platform.distributed import resolve_device
-
     if isinstance(model, nn.Module):
         backbone = model
     else:

@@ -12,6 +12,8 @@ import subprocess
 
 from omegaconf import DictConfig
 
+from detlab.platform.states import FINAL, JobState
+
 
 class LaunchError(ValueError):
     """A request the cluster cannot satisfy (names the offending key)."""
@@ -118,10 +120,6 @@ def validate_slurm(cluster: DictConfig) -> str:
 # ------------------------------------------------------------------- job states
 
 
-FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
-         "BOOT_FAIL", "DEADLINE")  # a job's end (a PREEMPTED or REQUEUED one runs again)  # fmt: skip
-
-
 def _states(cmd: list[str], cluster: DictConfig) -> dict[str, str]:
     """``id|state`` lines -> {job id: state}; a folded line ``123_[5-9%2]`` -> 123_5...123_9."""
     from submitit.slurm.slurm import read_job_id
@@ -129,7 +127,7 @@ def _states(cmd: list[str], cluster: DictConfig) -> dict[str, str]:
     states = {}
     for line in _run(cmd, cluster).splitlines():
         jid, _, state = line.strip().partition("|")
-        state = state.split()[0] if state.strip() else "UNKNOWN"  # "CANCELLED by 0"
+        state = state.split()[0] if state.strip() else JobState.UNKNOWN  # "CANCELLED by 0"
         for main, *tasks in read_job_id(jid) if jid else []:
             ids = [main] if not tasks else range(int(tasks[0]), int(tasks[-1]) + 1)
             states.update({(f"{main}_{t}" if tasks else main): state for t in ids})
@@ -158,4 +156,4 @@ def array_states(job_id: str, cluster: DictConfig) -> dict[str, str]:
 
 def sacct_state(job_id: str, cluster: DictConfig) -> str:
     states = sacct_states(job_id, cluster)  # the last line: the latest of a requeued job
-    return states.get(str(job_id)) or next(reversed(states.values()), "UNKNOWN")
+    return states.get(str(job_id)) or next(reversed(states.values()), JobState.UNKNOWN)

@@ -22,8 +22,21 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
 from detlab.platform.compose import flatten, group_options
+from detlab.platform.launch import build_executor, reconcile
 from detlab.platform.progress import Progress
+from detlab.platform.slurm_query import LaunchError, validate_slurm
+from detlab.platform.states import RunStatus
+from detlab.platform.tracking import (
+    RunLogger,
+    create_run,
+    end_run,
+    log_artifact,
+    log_metrics,
+    mark_running,
+    set_tags,
+)
 from detlab.sweeps.optuna_setup import build_pruner, build_sampler
+from detlab.sweeps.slurm_worker import SweepWorkerJob
 from detlab.sweeps.space import (
     SweepError,
     compose_trial,
@@ -55,8 +68,6 @@ def prepare(cfg: DictConfig, overrides: list[str]):
 
 def create_or_resume(sweep: DictConfig, base: DictConfig, url: str, overrides: list[str]):
     """The study with its MLflow parent run and every trial enqueued exactly once."""
-    from detlab.platform.tracking import RunLogger, create_run
-
     storage = open_storage(url)
     study = optuna.create_study(
         study_name=sweep.name,
@@ -108,8 +119,6 @@ def create_or_resume(sweep: DictConfig, base: DictConfig, url: str, overrides: l
         study.set_user_attr("enqueued", max(enqueued, int(sweep.n_trials)))
     waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
     if waiting:  # a resumed sweep with work left: its parent runs again until status ends it
-        from detlab.platform.tracking import mark_running
-
         mark_running(study.user_attrs["tracking_uri"], study.user_attrs["parent_run_id"])
     return study
 
@@ -135,10 +144,6 @@ def start_local_workers(study, url: str, n: int, out_dir: Path) -> list[subproce
 
 def start_slurm_workers(study, url: str, cfg: DictConfig, n: int, out_dir: Path) -> list:
     """A job array of ``n`` workers; each task is a SLURM job with the trial's resources."""
-    from detlab.platform.launch import build_executor
-    from detlab.platform.slurm_query import validate_slurm
-    from detlab.sweeps.slurm_worker import SweepWorkerJob
-
     partition = validate_slurm(cfg.cluster)  # impossible requests fail before submission
     cluster = OmegaConf.merge(cfg.cluster, {"partition": partition})
     executor = build_executor(cluster, out_dir / "slurm", name=f"sweep-{study.study_name}")
@@ -194,22 +199,18 @@ def end_parent(study: optuna.Study, info: dict) -> None:
     states = info["states"]
     if states.get("WAITING") or states.get("RUNNING") or "parent_run_id" not in study.user_attrs:
         return
-    from detlab.platform.tracking import end_run, log_metrics, set_tags
-
     uri, parent = study.user_attrs["tracking_uri"], study.user_attrs["parent_run_id"]
     best = info["best"]
     if best:
         log_metrics(uri, parent, {"best_value": best["value"]})
         set_tags(uri, parent, {"best_trial": best["trial"],
                                "best_params": json.dumps(best["params"], sort_keys=True)})  # fmt: skip
-    end_run(uri, parent, status="FINISHED" if best else "FAILED")
+    end_run(uri, parent, status=RunStatus.FINISHED if best else RunStatus.FAILED)
 
 
 def end_stale_runs(study: optuna.Study, cluster: DictConfig) -> None:
     """Trial runs left RUNNING by a worker that died (kill -9, OOM) and was not retried end
     KILLED/FAILED with the reason; a retried trial reopens its run."""
-    from detlab.platform.launch import reconcile
-
     if "tracking_uri" in study.user_attrs:
         reconcile(study.user_attrs["tracking_uri"], cluster, [study.user_attrs["experiment"]])
 
@@ -222,8 +223,6 @@ def log_study_plots(study: optuna.Study) -> list[str]:
     import warnings
 
     from optuna.visualization import matplotlib as ovm
-
-    from detlab.platform.tracking import log_artifact
 
     folder = Path(study.user_attrs["out_dir"]) / "plots"
     folder.mkdir(parents=True, exist_ok=True)
@@ -280,8 +279,6 @@ def sweep_command(cfg: DictConfig, sub: str = "run", wait: bool = False, overrid
     except SweepError as exc:
         print(f"detlab sweep: {exc}", file=sys.stderr)
         return 2
-    from detlab.platform.slurm_query import LaunchError
-
     out_dir = Path(study.user_attrs["out_dir"])
     left = sum(
         t.state in (TrialState.WAITING, TrialState.RUNNING)
@@ -293,7 +290,7 @@ def sweep_command(cfg: DictConfig, sub: str = "run", wait: bool = False, overrid
         f"MLflow parent run {study.user_attrs['parent_run_id']} ({study.user_attrs['tracking_uri']})"
     )
     if sub == "worker":
-        from detlab.sweeps.worker import work
+        from detlab.sweeps.worker import work  # lazy: torch (`sweep status` stays torch-free)
 
         print(work(url, sweep.name, "inline"))
         return 0

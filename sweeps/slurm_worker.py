@@ -17,6 +17,8 @@ from pathlib import Path
 import submitit
 
 from detlab.platform.job import SlurmJob, StopFlag
+from detlab.platform.states import TrainStatus
+from detlab.sweeps.storage import open_storage
 
 
 class SweepWorkerJob(SlurmJob):
@@ -32,7 +34,7 @@ class SweepWorkerJob(SlurmJob):
         return "STOPPED" in result
 
     def run(self, env: submitit.JobEnvironment, stop: StopFlag, worker_id: str) -> dict:
-        from detlab.sweeps.worker import work
+        from detlab.sweeps.worker import work  # lazy: torch; the driver imports this module
 
         wid = f"{worker_id}-{env.job_id}"  # e.g. slurm-0-123_0: the same after a requeue
         if env.num_tasks == 1:
@@ -57,8 +59,6 @@ class SweepWorkerJob(SlurmJob):
     def channel(self, wid: str) -> Path:
         import optuna
 
-        from detlab.sweeps.storage import open_storage
-
         study = optuna.load_study(
             study_name=self.study_name, storage=open_storage(self.storage_url)
         )
@@ -69,7 +69,7 @@ class SweepWorkerJob(SlurmJob):
         """Ranks > 0: train every published trial config with rank 0 until it is done."""
         from omegaconf import OmegaConf
 
-        from detlab.platform.run import pretrain
+        from detlab.platform.run import pretrain  # lazy: torch, as above
 
         seen, trained = 0, 0
         while True:
@@ -84,7 +84,7 @@ class SweepWorkerJob(SlurmJob):
                 except Exception as exc:  # failed: rank 0 tells Optuna
                     print(f"trial {seen} ended on this rank: {type(exc).__name__}: {exc}")
                 else:
-                    if result.status == "stopped":
+                    if result.status == TrainStatus.STOPPED:
                         self.requeue_and_wait(env, stop)  # rank 0 requeues; SLURM ends us
                 seen += 1
             elif (channel / "done").exists():

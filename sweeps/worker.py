@@ -18,6 +18,10 @@ as stale while the worker was frozen, say) stops training at the next step and m
 next trial: a claim conflict never kills a worker.
 
 ``python -m detlab.sweeps.worker --storage URL --study NAME --worker-id ID``
+
+The platform (torch, mlflow) is imported at the top, so that the heavy imports happen
+before the first claim, not between a claim and its first beat; the driver imports this
+module only when it runs a worker inline (``detlab sweep status`` stays torch-free).
 """
 
 from __future__ import annotations
@@ -37,6 +41,10 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+from detlab.platform.compose import to_yaml
+from detlab.platform.run import evaluate, pretrain
+from detlab.platform.states import TrainStatus
+from detlab.platform.tracking import create_run, log_metrics, set_tags
 from detlab.sweeps.optuna_setup import build_pruner, build_sampler
 from detlab.sweeps.space import compose_trial, merge_overrides, suggest, to_overrides
 from detlab.sweeps.storage import open_storage
@@ -159,8 +167,6 @@ def objective_value(cfg, result, objective: str) -> tuple[float, dict[str, float
     """The final monitor metric, or a downstream protocol run on the trained backbone."""
     if objective in result.metrics:
         return float(result.metrics[objective]), {}
-    from detlab.platform.run import evaluate
-
     protocol = objective.split("_", 1)[0]  # probes at the trial's pretraining resolution
     eval_cfg = OmegaConf.merge(cfg.eval, {"name": protocol})
     metrics = evaluate(eval_cfg, cfg.data, cfg.backbone, result.checkpoint,
@@ -199,9 +205,6 @@ def run_trial(
 
 
 def _run_trial(study, storage, trial_id, number, worker_id, beat, publish, stop_requested):
-    from detlab.platform.run import pretrain
-    from detlab.platform.tracking import create_run, log_metrics, set_tags
-
     attrs = study.user_attrs
     sweep = OmegaConf.create(attrs["definition"])
     out = Path(attrs["out_dir"])
@@ -237,8 +240,6 @@ def _run_trial(study, storage, trial_id, number, worker_id, beat, publish, stop_
     set_tags(uri, run_id, {**{f"param.{k}": v for k, v in values.items()},
                            "optuna.trial_number": number})  # fmt: skip
     if publish is not None:  # rank 0 of a multi-task trial: same config, fresh port
-        from detlab.platform.compose import to_yaml
-
         port = 20000 + (hash(worker_id) % 9000) + number % 1000
         os.environ["MASTER_PORT"] = str(port)
         publish(to_yaml(cfg), port)
@@ -257,9 +258,9 @@ def _run_trial(study, storage, trial_id, number, worker_id, beat, publish, stop_
         result = pretrain(cfg, here=True, on_metrics=report, stop_requested=stop)
         if beat.lost.is_set():
             raise TrialLost(number)
-        if result.status == "stopped":  # preempted: checkpointed, the trial stays RUNNING
+        if result.status == TrainStatus.STOPPED:  # preempted: checkpointed, the trial stays RUNNING
             return TrialState.RUNNING
-        if result.status == "halted":  # pruned by report()
+        if result.status == TrainStatus.HALTED:  # pruned by report()
             study.tell(trial, state=TrialState.PRUNED)
             set_tags(uri, run_id, {"optuna.state": "PRUNED"})
             return TrialState.PRUNED
@@ -288,8 +289,6 @@ def _run_trial(study, storage, trial_id, number, worker_id, beat, publish, stop_
 
 def update_parent(study: optuna.Study) -> None:
     """Best value so far (one point per finished trial) and best params on the parent run."""
-    from detlab.platform.tracking import log_metrics, set_tags
-
     uri, parent = study.user_attrs["tracking_uri"], study.user_attrs["parent_run_id"]
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not done:
@@ -309,10 +308,6 @@ def work(
 ) -> dict:
     """The worker loop; returns counts of what this worker did (LOST: trials finished by
     another worker while this one ran them)."""
-    # the heavy imports happen before the first claim, not between a claim and its first beat
-    import detlab.platform.tracking  # noqa: F401
-    import detlab.platform.train  # noqa: F401
-
     storage = open_storage(storage_url)
     study = optuna.load_study(study_name=study_name, storage=storage)
     sweep = study.user_attrs["definition"]

@@ -40,7 +40,7 @@ def main() -> None:
         def fake_train(cfg, on_metrics=None, **kw):  # the orchestration only
             return TrainResult("completed", cfg.train.steps, cfg.tracking.run_id, {"knn_top1": 0.5})
 
-        with mock.patch("detlab.platform.train.train", fake_train):
+        with mock.patch("detlab.platform.run.train", fake_train):
             t0 = time.perf_counter()
             work(url, "b", "bench")
             per_trial = (time.perf_counter() - t0) / a.trials

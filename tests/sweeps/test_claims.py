@@ -88,7 +88,7 @@ def test_a_lost_trial_does_not_kill_the_worker(grid_study):
             return TrainResult("stopped", 1, cfg.tracking.run_id, {})
         return TrainResult("completed", cfg.train.steps, cfg.tracking.run_id, {"knn_top1": 0.5})
 
-    with mock.patch("detlab.platform.train.train", fake_train):
+    with mock.patch("detlab.platform.run.train", fake_train):
         done = worker.work(url, "c", "w0", poll_s=0.1)
     assert done == {"COMPLETE": 4, "PRUNED": 0, "FAIL": 0, "LOST": 1}
     trials = study.get_trials()
