@@ -239,10 +239,11 @@ class RunLogger:
         if not self.active or self.queue is None:
             return 0
         queue, self.queue = self.queue, None
+        atexit.unregister(self.close)
         left = queue.close(self.flush_timeout_s)
         if left:
             print(f"detlab tracking: {left} records of run {self.run_id} did not reach "
-                  f"{self.uri}; they wait in {queue._spill} for `detlab jobs` (or the run's "
+                  f"{self.uri}; they wait in {queue.spill} for `detlab jobs` (or the run's "
                   "next start) to write them", file=sys.stderr, flush=True)  # fmt: skip
         return left
 

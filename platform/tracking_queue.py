@@ -31,6 +31,7 @@ from pathlib import Path
 
 BATCH = 200  # records handed to ``apply`` at a time
 MAX_PAUSE_S = 10.0  # the longest wait between two tries while the store is down
+BEHIND_S = 10.0  # a write unanswered this long: tracking has fallen behind (said once)
 
 
 class TrackingQueue:
@@ -46,11 +47,12 @@ class TrackingQueue:
         size: int = 10_000,
         what: str = "tracking",
         refused: Callable[[BaseException], bool] = lambda exc: False,
+        behind_s: float = BEHIND_S,
     ):
         if size < 1:
             raise ValueError(f"tracking.queue_size must be >= 1, got {size}")
         self._apply, self._spill, self._size = apply, Path(spill), size
-        self._what, self._refused = what, refused
+        self._what, self._refused, self._behind_s = what, refused, behind_s
         self._cond = threading.Condition()
         self._memory: deque[dict] = deque()
         self._batch: list[dict] = []  # taken by the writer, not yet confirmed written
@@ -58,6 +60,7 @@ class TrackingQueue:
         # process for this run is written first (the run's next start replays it)
         self._on_disk, self._read_at = _lines(self._spill), 0
         self._closing = self._abandoned = False
+        self._busy_since: float | None = None  # when the write in flight began
         self.behind_since: float | None = None  # when the store stopped answering
         self.written = self.spilled = self.refusals = self.outages = 0
         self._thread = threading.Thread(target=self._run, name="detlab-tracking", daemon=True)
@@ -80,6 +83,14 @@ class TrackingQueue:
             else:
                 self._memory.append(record)
             self._cond.notify()
+            # a client retrying inside one call raises only when it gives up: say it here
+            busy = self._busy_since
+            if busy is not None and time.time() - busy > self._behind_s:
+                self._fell_behind(busy, f"no answer for {time.time() - busy:.0f} s")
+
+    @property
+    def spill(self) -> Path:
+        return self._spill
 
     def pending(self) -> int:
         with self._cond:
@@ -122,20 +133,19 @@ class TrackingQueue:
                 if not self._batch:  # closing and drained
                     return
                 batch = list(self._batch)
+                self._busy_since = time.time()
             try:
                 self._write(batch)
             except Exception as exc:  # the store is unreachable: wait, then try again
                 with self._cond:
-                    if self.behind_since is None:
-                        self.behind_since, self.outages = time.time(), self.outages + 1
-                        self._say(f"store not answering ({type(exc).__name__}: "
-                                  f"{str(exc)[:160]}); training goes on, records wait here "
-                                  f"and in {self._spill}")  # fmt: skip
+                    self._busy_since = None
+                    self._fell_behind(time.time(), f"{type(exc).__name__}: {str(exc)[:160]}")
                     self._cond.wait(pause)
                 pause = min(pause * 2, MAX_PAUSE_S)
                 continue
             pause = 0.5
             with self._cond:
+                self._busy_since = None
                 if self._abandoned:
                     return
                 self._batch = []
@@ -144,6 +154,13 @@ class TrackingQueue:
                     self._say(f"caught up after {time.time() - self.behind_since:.0f} s "
                               f"({self.written} records written)")  # fmt: skip
                     self.behind_since = None
+
+    def _fell_behind(self, since: float, why: str) -> None:
+        """Said once per outage (lock held)."""
+        if self.behind_since is None:
+            self.behind_since, self.outages = since, self.outages + 1
+            self._say(f"store not answering ({why}); training goes on, {self.pending()} "
+                      f"records wait here and in {self._spill}")  # fmt: skip
 
     def _write(self, batch: list[dict]) -> None:
         """The whole batch, or record by record once the store refused part of it."""

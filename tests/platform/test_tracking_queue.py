@@ -108,3 +108,22 @@ def test_a_refused_record_is_skipped_and_said_the_others_are_written(tmp_path, c
 def test_a_queue_size_below_one_is_refused(tmp_path):
     with pytest.raises(ValueError, match="queue_size"):
         TrackingQueue(Store().apply, tmp_path / "x.jsonl", size=0)
+
+
+def test_a_write_that_hangs_is_said_once_while_training_puts(tmp_path, capsys):
+    """A client retrying inside one call raises only when it gives up (MLflow's retries last
+    minutes): the falling behind is said from the training side after ``behind_s``."""
+    store = Store(hang=2.0)
+    store.down.set()
+    queue = TrackingQueue(store.apply, tmp_path / "run.jsonl", behind_s=0.3)
+    queue.put({"op": "metrics", "i": 0})
+    wait_for(lambda: store.calls == 1)
+    time.sleep(0.5)
+    for i in range(1, 20):
+        queue.put({"op": "metrics", "i": i})
+    assert store.calls == 1  # still the first call: the line came from a put
+    assert capsys.readouterr().err.count("store not answering (no answer for") == 1
+    store.down.clear()
+    assert queue.close(timeout=10) == 0
+    assert first_seen(store.written) == list(range(20))
+    assert "caught up" in capsys.readouterr().err
