@@ -15,7 +15,8 @@ labels for the same budget; chance). Every difference has a 95% bootstrap CI ove
 paired by seed where possible, and "reproduced" needs the whole CI on the paper's side of 0
 ([-inf, +inf] with one seed a side: no claim). ⚠ marks a pretraining row within noise of random
 init. Rank correlations use exact permutation p over every (x, seed) point. Plots:
-``detlab.pipelines.report_plots``; text: ``detlab.pipelines.report_markdown``.
+``detlab.pipelines.report_plots``; text: ``detlab.pipelines.report_markdown``; the metric and
+row names and statistical levels they share: ``detlab.pipelines.report_terms``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,21 @@ from pathlib import Path
 import numpy as np
 
 from detlab.methods.registry import title
+from detlab.pipelines.report_markdown import mask_quality_markdown, resolution_markdown
+from detlab.pipelines.report_mlflow import log_report
+from detlab.pipelines.report_plots import plot_mask_quality, plot_resolution
+from detlab.pipelines.report_terms import (
+    ALPHA,
+    FINDING_METRICS,
+    FLAG_STD,
+    GLOBAL,
+    GT,
+    HEADLINE,
+    LEVEL,
+    METRIC_NAMES,
+    REFERENCES,
+    main_metrics,
+)
 from detlab.pipelines.stats import (
     combine_verdicts,
     describe,
@@ -41,27 +57,6 @@ from detlab.pipelines.stats import (
     spearman_exact,
 )
 
-HEADLINE = "seg_miou_objects"
-METRIC_NAMES = {
-    HEADLINE: "seg mIoU (objects)",
-    "seg_miou": "seg mIoU (all)",
-    "seg_iou_background": "seg IoU background",
-    "linear_top1": "linear top-1",
-    "linear_top5": "linear top-5",
-    "final_loss": "final loss",
-    "rep_std": "rep. std",
-    "knn_top1": "online kNN top-1",
-}
-PROBE_METRICS = (HEADLINE, "seg_miou", "seg_iou_background", "linear_top1", "linear_top5")
-HEALTH_METRICS = ("final_loss", "rep_std", "knn_top1")
-FINDING_METRICS = (HEADLINE, "linear_top1")
-GLOBAL, GT = "global", "gt"  # the image-level baseline (e.g. SimCLR) and ground-truth masks
-REFERENCES = {
-    "random": "random init (no pretraining)",
-    "supervised": "supervised (labels, same budget)",
-}
-LEVEL, ALPHA = 0.95, 0.05  # CI level; significance level of the rank tests
-FLAG_STD = 2.0  # ⚠ when the gain over random init is under this many pooled seed std
 COMPARISONS = (  # (id, label, row a, row b, acceptance target in pooled seed std)
     ("gt_minus_random", "DetCon (gt masks) − random init", GT, "random", 3.0),
     ("gt_minus_global", "DetCon (gt masks) − global ({baseline})", GT, GLOBAL, 2.0),
@@ -94,10 +89,6 @@ def class_keys(records: list[dict]) -> list[str]:
     named = [f"seg_iou_{c}" for r in records for c in r.get("classes") or []]
     found = dict.fromkeys(["seg_iou_background", *(named or sorted(present))])
     return [k for k in found if k in present and k.startswith("seg_iou_")]
-
-
-def main_metrics(keys: list[str]) -> list[str]:
-    return [k for k in FINDING_METRICS if k in keys] or keys[:1]
 
 
 def make_row(name: str, label: str, kind: str, records: list[dict], keys: list[str]) -> dict:
@@ -334,9 +325,6 @@ def write_json(path: Path, obj) -> None:
 
 def write_report(metrics_root: Path, out: Path) -> dict:
     """Write every report file from whatever records exist; return the studies.json content."""
-    from detlab.pipelines.report_markdown import mask_quality_markdown, resolution_markdown
-    from detlab.pipelines.report_plots import plot_mask_quality, plot_resolution
-
     (out / "plots").mkdir(parents=True, exist_ok=True)
     mq, res, refs = (
         load_cells(metrics_root, s) for s in ("mask_quality", "resolution", "references")
@@ -370,8 +358,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     result = write_report(Path(args.metrics), Path(args.out))
     if args.tracking_uri:
-        from detlab.pipelines.report_mlflow import log_report
-
         runs = log_report(result, Path(args.out), args.tracking_uri)
         print(f"report logged to MLflow parent run(s) {', '.join(runs) or '(none found)'}")
     for name in ("mask_quality.md", "resolution.md"):

@@ -25,10 +25,6 @@ import numpy as np
 
 from detlab.methods.registry import title
 from detlab.pipelines.report import (
-    HEADLINE,
-    LEVEL,
-    METRIC_NAMES,
-    REFERENCES,
     chance_of,
     diff_finding,
     load_cells,
@@ -39,6 +35,9 @@ from detlab.pipelines.report import (
     write_json,
 )
 from detlab.pipelines.report_markdown import fci, fnum, fstat, table
+from detlab.pipelines.report_mlflow import row_metrics
+from detlab.pipelines.report_plots import draw_references, finish, panels
+from detlab.pipelines.report_terms import HEADLINE, LEVEL, METRIC_NAMES, REFERENCES
 from detlab.pipelines.stats import ladder_slope, pooled_std
 
 LEARNS_D = 3.0  # a method "learns" when its gain over random init is >= this many pooled std
@@ -228,8 +227,6 @@ def markdown(s: dict) -> str:
 
 # ---------------------------------------------------------------- plot
 def plot(s: dict, out: Path) -> None:
-    from detlab.pipelines.report_plots import draw_references, finish, panels
-
     caption = "points: seeds; bars: mean ± 1 std over seeds; grey: random init ± 1 std"
     name = METRIC_NAMES[HEADLINE]
     if s["study"] == "mask_count":
@@ -282,7 +279,7 @@ def write(study: str, metrics_root: Path, out: Path, params: dict | None = None)
 
 def log_to_parent(s: dict, cells_root: Path, out: Path, uri: str) -> list[str]:
     """The report onto the study's MLflow parent run: description, files, row metrics."""
-    from detlab.pipelines.report_mlflow import row_metrics
+    # lazy: mlflow (~2 s) loads only when --tracking-uri asks for it
     from detlab.platform.tracking import log_artifact, log_metrics, set_tags
 
     study = s["study"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from detlab.pipelines.report import (
+from detlab.pipelines.report_terms import (
     ALPHA,
     FINDING_METRICS,
     FLAG_STD,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from detlab.pipelines.report import GLOBAL, METRIC_NAMES, main_metrics
+from detlab.pipelines.report_terms import GLOBAL, METRIC_NAMES, main_metrics
 
 
 def draw_references(ax, refs: dict[str, dict], chance: dict, key: str) -> None:

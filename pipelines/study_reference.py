@@ -13,7 +13,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from detlab.pipelines.study import (
+from detlab.methods.backbones import build_backbone
+from detlab.methods.datasets import open_dataset
+from detlab.methods.eval.supervised import train_supervised
+from detlab.pipelines.study_cells import (
     DEFAULT_STUDIES,
     cell_key,
     inputs_fingerprint,
@@ -26,7 +29,9 @@ from detlab.pipelines.study import (
 from detlab.pipelines.study_views import axis_params
 from detlab.platform.compose import compose
 from detlab.platform.config import TrackingConfig
+from detlab.platform.states import RunStatus
 from detlab.platform.tracking import RunLogger
+from detlab.platform.train import seed_everything
 
 REFERENCES = ("random", "supervised")
 
@@ -58,9 +63,6 @@ def run_reference(
     """A reference row: the study backbone randomly initialised (``random``) or trained on
     the segmentation labels with a pretraining cell's budget (``supervised``), probed like
     every cell and logged to the MLflow experiment of each of ``studies``."""
-    from detlab.methods.backbones import build_backbone
-    from detlab.platform.train import seed_everything
-
     if kind not in REFERENCES:
         raise ValueError(f"reference kind {kind!r} is not one of {REFERENCES}")
     st = params["studies"]
@@ -71,9 +73,6 @@ def run_reference(
     backbone = build_backbone(cfg.backbone)
     t0 = time.time()
     if kind == "supervised":
-        from detlab.methods.datasets import open_dataset
-        from detlab.methods.eval.supervised import train_supervised
-
         ref = st.get("references", {}) or {}
         images = open_dataset(cfg.data.root, cfg.data.train_split, format=cfg.data.format)
         backbone = train_supervised(
@@ -107,7 +106,7 @@ def run_reference(
                           | {"reference": kind, "backbone": cfg.backbone.name,
                              "steps": cfg.train.steps})  # fmt: skip
         log_probes(logger, probed, pictures)
-        logger.finish("FINISHED")
+        logger.finish(RunStatus.FINISHED)
         run_ids[study] = logger.run_id
     shutil.rmtree(pictures, ignore_errors=True)
     record = {

@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from detlab.pipelines.study import log_probes, write_record
+from detlab.pipelines.study_cells import log_probes, write_record
 from detlab.pipelines.study_views import axis_params
 from detlab.platform.config import TrackingConfig
+from detlab.platform.states import RunStatus
 from detlab.platform.tracking import RunLogger
 
 
@@ -48,7 +49,7 @@ def adopt(source: Path, out: Path, study: str, name: str, row: str, reference: b
         params = axis_params(row, record.get("method") or "-", int(record["resolution"]),
                              int(record["seed"]))  # fmt: skip
         log_probes(logger, {"metrics": record.get("metrics", {}), "params": params}, None)
-        logger.finish("FINISHED")
+        logger.finish(RunStatus.FINISHED)
         run_ids[s] = logger.run_id
     if not reference:
         record |= {"study": study, "cell": name, "mask": row,

@@ -26,21 +26,36 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import dataclass
 from pathlib import Path
 
-from detlab.pipelines.study import (
+from detlab.methods.registry import IMAGE_BASELINE, title
+from detlab.pipelines.study_cells import (
     DEFAULT_STUDIES,
+    cell_name,
+    cell_overrides,
+    cell_row,
     dataset_fingerprint,
     inputs_fingerprint,
     parent_run,
     run_cell,
     study_cell_key,
+    study_method,
 )
-from detlab.pipelines.study_cells import cell_name, cell_overrides, cell_row, study_method
 from detlab.pipelines.study_reference import reference_key, reference_overrides, run_reference
 from detlab.pipelines.study_reuse import adopt, records_by_key
 from detlab.pipelines.study_views import install_view
 from detlab.platform.cli import one_line
+from detlab.platform.compose import compose
 from detlab.platform.config import TrackingConfig
 from detlab.platform.lifecycle import exit_with_parent
+from detlab.platform.states import RunStatus
+from detlab.platform.tracking import (
+    TrackingError,
+    end_run,
+    get_run,
+    mark_running,
+    search_runs,
+    set_experiment_tag,
+    set_tags,
+)
 
 REFERENCES_DIR = "references"
 DESCRIPTIONS = {  # each study experiment's description in the MLflow UI
@@ -96,8 +111,6 @@ class Cell:
 
 def description(st: dict, study: str) -> str:
     """The study experiment's description, naming the methods its cells train."""
-    from detlab.methods.registry import IMAGE_BASELINE, title
-
     method = study_method(st, study)  # a study without a global cell may have no baseline: "?"
     baseline = title(IMAGE_BASELINE.get(method))
     return DESCRIPTIONS[study].format(method=title(method), baseline=baseline)
@@ -171,8 +184,6 @@ def remove_stale(metrics_root: Path, cells: list[Cell], uri: str | None = None,
 def check_cells(params: dict, cells: list[Cell]) -> None:
     """Compose one cell per (study, mask, resolution) and one reference (seeds change only
     train.seed): a bad key or value fails here, naming its cells, before any compute."""
-    from detlab.platform.compose import compose
-
     errors, seen = [], set()
     for cell in cells:
         group = (cell.study, cell.mask, cell.resolution)
@@ -213,8 +224,6 @@ def retire(uri: str, record: dict, why: str, keep: bool = False) -> int:
     """Tag the MLflow runs of ``record``'s cell ``detlab.role=<why>`` (all of them, or with
     ``keep`` all but the record's own), so filtering an experiment on
     ``tags.detlab.role = 'cell'`` counts every current cell once. Returns how many."""
-    from detlab.platform.tracking import TrackingError, get_run, search_runs, set_tags
-
     current = record.get("mlflow_run_ids") or {record["study"]: record.get("mlflow_run_id")}
     role = "reference" if "mlflow_run_ids" in record else "cell"
     tagged = 0
@@ -238,20 +247,18 @@ def end_parents(uri: str, parents: dict[str, str], failures: list[str]) -> None:
     reference, shared by both studies) failed, else FINISHED; the failures as a tag."""
     if not parents:
         return
-    from detlab.platform.tracking import end_run, get_run, search_runs, set_tags
-
     for study, run_id in parents.items():
         # every cell has ended: a child still RUNNING lost its process (a killed worker)
         experiment = get_run(uri, run_id).experiment_id
         for child in search_runs(
             uri,
             [experiment],
-            f"tags.mlflow.parentRunId = '{run_id}' and attributes.status = 'RUNNING'",
+            f"tags.mlflow.parentRunId = '{run_id}' and attributes.status = '{RunStatus.RUNNING}'",
         ):
-            end_run(uri, child.run_id, "KILLED", reason="its process ended mid-run")
+            end_run(uri, child.run_id, RunStatus.KILLED, reason="its process ended mid-run")
         mine = [f for f in failures if f.startswith((f"{study} ", f"{REFERENCES_DIR} "))]
         set_tags(uri, run_id, {"detlab.failed_cells": "; ".join(mine)[:5000] or "none"})
-        end_run(uri, run_id, status="FAILED" if mine else "FINISHED")
+        end_run(uri, run_id, status=RunStatus.FAILED if mine else RunStatus.FINISHED)
 
 
 def run_studies(
@@ -287,8 +294,6 @@ def run_studies(
     parents, links = {}, {}
     # the parent runs exist before workers look them up (no race to create them)
     if todo or copies or refs_copied:
-        from detlab.platform.tracking import get_run, mark_running, set_experiment_tag
-
         for study in studies:
             parents[study] = parent_run(TrackingConfig(uri=uri, experiment=f"study-{study}"), study)
             mark_running(uri, parents[study])  # children coming

@@ -68,9 +68,8 @@ def test_wheel_contains_every_python_folder_and_configs(tmp_path):
     assert any(n.startswith("detlab/platform/conf/method/") for n in names)
     assert any(n.startswith("detlab/sweeps/conf/sweep/") for n in names)
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
-    assert "sweeps = detlab.sweeps.schema:CONFIG_DIR" in zipfile.ZipFile(wheel).read(
-        entry_points
-    ).decode()
+    listed = zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "sweeps = detlab.sweeps.schema:CONFIG_DIR" in listed  # the sweep group's folder
     for top in TOP_LEVEL:
         assert f"detlab/{top}/__init__.py" not in names
 

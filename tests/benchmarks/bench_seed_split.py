@@ -7,7 +7,7 @@ from ``--init-seed`` and everything else from ``--seed``, and prints the probe s
 ``train.seed`` drives both in the platform. Here the method is built under its own RNG
 seed (the global RNG state is saved before and restored after, so every later draw is the
 one a plain run of ``--seed`` makes), so a pair (s, i) differs from the plain run of s only
-in the initial weights. Runs the real study code (``detlab.pipelines.study.run_cell``) on the
+in the initial weights. Runs the real study code (``detlab.pipelines.study_cells.run_cell``) on the
 data and masks ``dvc repro`` built, into a temporary folder and MLflow store.
 """
 
@@ -45,7 +45,7 @@ def main() -> None:
                    help="train seed:init seed")  # fmt: skip
     p.add_argument("--params", default="params.yaml")
     args = p.parse_args()
-    from detlab.pipelines.study import run_cell
+    from detlab.pipelines.study_cells import run_cell
 
     params = yaml.safe_load(Path(args.params).read_text())
     params["studies"]["method"] = args.method

@@ -41,7 +41,7 @@ HEADLINE = "seg_miou_objects"
 
 
 def train_records(params: dict, masks: list[str], seeds: list[int], root: Path) -> list[dict]:
-    from detlab.pipelines.study import run_cell
+    from detlab.pipelines.study_cells import run_cell
     from detlab.pipelines.study_reference import run_reference
 
     params["studies"]["tracking_uri"] = f"sqlite:///{root}/mlflow.db"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from detlab.pipelines.study import run_cell
+from detlab.pipelines.study_cells import run_cell
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow

@@ -1,0 +1,32 @@
+"""The study report's terms, shared by its summaries (``report.py``), text
+(``report_markdown.py``), figures (``report_plots.py``) and the ablations' report: the metrics
+and their names, the rows, and the statistical levels."""
+
+from __future__ import annotations
+
+HEADLINE = "seg_miou_objects"
+METRIC_NAMES = {
+    HEADLINE: "seg mIoU (objects)",
+    "seg_miou": "seg mIoU (all)",
+    "seg_iou_background": "seg IoU background",
+    "linear_top1": "linear top-1",
+    "linear_top5": "linear top-5",
+    "final_loss": "final loss",
+    "rep_std": "rep. std",
+    "knn_top1": "online kNN top-1",
+}
+PROBE_METRICS = (HEADLINE, "seg_miou", "seg_iou_background", "linear_top1", "linear_top5")
+HEALTH_METRICS = ("final_loss", "rep_std", "knn_top1")
+FINDING_METRICS = (HEADLINE, "linear_top1")
+GLOBAL, GT = "global", "gt"  # the image-level baseline (e.g. SimCLR) and ground-truth masks
+REFERENCES = {
+    "random": "random init (no pretraining)",
+    "supervised": "supervised (labels, same budget)",
+}
+LEVEL, ALPHA = 0.95, 0.05  # CI level; significance level of the rank tests
+FLAG_STD = 2.0  # ⚠ when the gain over random init is under this many pooled seed std
+
+
+def main_metrics(keys: list[str]) -> list[str]:
+    """The findings' metrics among ``keys`` (else the first of them)."""
+    return [k for k in FINDING_METRICS if k in keys] or keys[:1]
