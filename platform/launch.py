@@ -203,7 +203,7 @@ def reconcile(uri: str, cluster: DictConfig, experiments: list[str] | None = Non
     """End the RUNNING MLflow runs whose SLURM job or local process is gone (FAILED or
     KILLED, the reason as a tag; see ``reconcile.stale_verdict``). Printed, and returned as
     (run id, status, reason)."""
-    from detlab.platform.reconcile import reconcile as end_stale
+    from detlab.platform.reconcile import reconcile as end_stale  # lazy: mlflow
 
     def job_state(job_id: str) -> str | None:
         try:
@@ -234,8 +234,8 @@ def store_reachable(uri: str, timeout_s: float = 3.0) -> bool:
 def jobs_command(cfg: DictConfig) -> int:
     """detlab's jobs with their SLURM state (sacct), MLflow run status and log path. Runs
     left RUNNING by a job or process that is gone are marked FAILED/KILLED first."""
-    from detlab.platform.reconcile import replay_spills
-    from detlab.platform.tracking import get_run
+    from detlab.platform.reconcile import replay_spills  # lazy: mlflow
+    from detlab.platform.tracking import get_run  # lazy: mlflow
 
     entries = []
     if registry().exists():
