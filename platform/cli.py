@@ -113,6 +113,8 @@ def is_input_error(exc: BaseException) -> bool:
 
 
 def run_command(args: argparse.Namespace, cfg, sub: str | None, overrides: list[str]) -> int:
+    # Each command imports what it runs when it runs: `config`, `jobs` and `--help` must not
+    # pay for torch (tests/platform/test_config.py checks their import lists).
     if args.command == "config":
         from detlab.platform.compose import to_yaml
 

@@ -13,12 +13,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from detlab.platform import lifecycle, tracking
+from detlab.platform.states import JobState, RunStatus
 from detlab.platform.tracking_queue import read_spill
 
 # a job in one of these states will never close its run
-JOB_ENDED = {"FAILED": "FAILED", "CANCELLED": "KILLED", "OUT_OF_MEMORY": "FAILED",
-             "TIMEOUT": "FAILED", "NODE_FAIL": "FAILED", "BOOT_FAIL": "FAILED",
-             "DEADLINE": "FAILED"}  # fmt: skip
+JOB_ENDED = {JobState.FAILED: RunStatus.FAILED, JobState.CANCELLED: RunStatus.KILLED,
+             JobState.OUT_OF_MEMORY: RunStatus.FAILED, JobState.TIMEOUT: RunStatus.FAILED,
+             JobState.NODE_FAIL: RunStatus.FAILED, JobState.BOOT_FAIL: RunStatus.FAILED,
+             JobState.DEADLINE: RunStatus.FAILED}  # fmt: skip
 
 
 def stale_verdict(
@@ -36,13 +38,13 @@ def stale_verdict(
         state = job_state(job)
         if state in JOB_ENDED:
             return JOB_ENDED[state], f"SLURM job {job} ended {state}"
-        if state != "COMPLETED":
+        if state != JobState.COMPLETED:
             return None
     if not owner_gone(tags):
         return None
     host, pid = tags.get("detlab.host"), tags.get("detlab.pid")
     return (
-        "KILLED",
+        RunStatus.KILLED,
         f"process {pid} on {host} ended without closing the run (killed or out of memory)",
     )
 
@@ -76,7 +78,9 @@ def reconcile(
         if verdict is None:
             continue
         now = tracking.get_run(uri, run.run_id)  # reopened meanwhile by a resumed run?
-        if now.status != "RUNNING" or now.tags.get("detlab.pid") != run.tags.get("detlab.pid"):
+        if now.status != RunStatus.RUNNING or now.tags.get("detlab.pid") != run.tags.get(
+            "detlab.pid"
+        ):
             continue
         status, reason = verdict
         tracking.end_run(uri, run.run_id, status, reason)
@@ -99,7 +103,7 @@ def replay_spills(folder: Path | None = None) -> list[tuple[str, int, str]]:
         uri = records[0]["uri"]
         try:
             run = tracking.get_run(uri, run_id)
-            if run.status == "RUNNING" and not owner_gone(run.tags):
+            if run.status == RunStatus.RUNNING and not owner_gone(run.tags):
                 done.append((run_id, len(records), "kept: its run's process is still running"))
                 continue
             tracking.apply_records(uri, run_id, records)

@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from detlab.platform import lifecycle
 from detlab.platform.config import TrackingConfig
+from detlab.platform.states import ENDED, STATE_TAG, RunState, RunStatus
 from detlab.platform.tracking_queue import TrackingQueue
 
 MAX_PARAM_LEN = 500
@@ -145,10 +146,10 @@ def _apply_records(client: MlflowClient, run_id: str, records: list[dict]) -> No
         elif op == "artifact":
             client.log_artifact(run_id, rec["path"], rec["artifact_path"])
         elif op == "pause":
-            client.set_tag(run_id, "detlab.state", "requeued")
+            client.set_tag(run_id, STATE_TAG, RunState.REQUEUED)
         elif op == "end":
-            if "detlab.state" in client.get_run(run_id).data.tags:  # paused, then resumed
-                client.delete_tag(run_id, "detlab.state")
+            if STATE_TAG in client.get_run(run_id).data.tags:  # paused, then resumed
+                client.delete_tag(run_id, STATE_TAG)
             _end(client, run_id, rec["status"], rec["reason"])
 
 
@@ -191,10 +192,10 @@ class RunLogger:
             tags = self.client.get_run(self.run_id).data.tags
             if STALE_REASON in tags:
                 self.client.set_tag(self.run_id, "detlab.interrupted", tags[STALE_REASON])
-            for key in (STALE_REASON, "detlab.state"):
+            for key in (STALE_REASON, STATE_TAG):
                 if key in tags:
                     self.client.delete_tag(self.run_id, key)
-        self.client.update_run(self.run_id, status="RUNNING")
+        self.client.update_run(self.run_id, status=RunStatus.RUNNING)
         self.flush_timeout_s = float(cfg.flush_timeout_s)
         self.queue: TrackingQueue | None = TrackingQueue(
             functools.partial(_apply_records, self.client, self.run_id),
@@ -223,8 +224,9 @@ class RunLogger:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self._put("artifact", path=str(Path(path).resolve()), artifact_path=artifact_path)
 
-    def finish(self, status: str = "FINISHED", reason: str | None = None) -> None:
-        assert status in RunStatus.all_status() or status in ("FINISHED", "FAILED", "KILLED")
+    def finish(self, status: str = RunStatus.FINISHED, reason: str | None = None) -> None:
+        if status not in ENDED:
+            raise ValueError(f"a run ends FINISHED, FAILED or KILLED, not {status!r}")
         self._put("end", status=status, reason=reason)
         self.close()
 
@@ -394,11 +396,13 @@ def apply_records(uri: str, run_id: str, records: list[dict]) -> None:
 @_store_call
 def mark_running(uri: str, run_id: str) -> None:
     """Set the run's status back to RUNNING (a parent whose children are coming)."""
-    _client(uri).update_run(run_id, status="RUNNING")
+    _client(uri).update_run(run_id, status=RunStatus.RUNNING)
 
 
 @_store_call
-def end_run(uri: str, run_id: str, status: str = "FINISHED", reason: str | None = None) -> None:
+def end_run(
+    uri: str, run_id: str, status: str = RunStatus.FINISHED, reason: str | None = None
+) -> None:
     """End the run with ``status`` and its end time; ``reason`` (why it FAILED or was
     KILLED) as its ``failure_reason`` tag."""
     _end(_client(uri), run_id, status, reason)

@@ -18,12 +18,16 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from detlab.methods.data import ResumableSampler, build_pretrain_dataset
+from detlab.methods.registry import build_method
 from detlab.platform import checkpoint as ckpt
 from detlab.platform import distributed as distr
-from detlab.platform.compose import flatten, to_yaml
+from detlab.platform.compose import compose, flatten, to_yaml
 from detlab.platform.config import AugConfig, DataConfig, MasksConfig, TrainConfig
+from detlab.platform.monitor import KnnMonitor, fingerprints
 from detlab.platform.optim import build_optimizer, build_scheduler
 from detlab.platform.progress import Progress
+from detlab.platform.states import RunStatus, TrainStatus
 from detlab.platform.tracking import RunLogger, git_commit
 
 
@@ -33,7 +37,7 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclass
 class TrainResult:
-    status: str  # completed | stopped (preempted, checkpointed) | halted (on_metrics)
+    status: TrainStatus  # completed | stopped (preempted, checkpointed) | halted (on_metrics)
     step: int
     run_id: str | None
     metrics: dict[str, float] = field(default_factory=dict)
@@ -85,7 +89,6 @@ def resolve_run_name(cfg: DictConfig) -> DictConfig:
 def build_loader(data: DataConfig, masks: MasksConfig, aug: AugConfig, tc: TrainConfig,
                  num_boxes: int, input_kind: str, info: distr.DistInfo):  # fmt: skip
     """Dataset + resumable sampler + DataLoader for this rank's share of each global batch."""
-    from detlab.methods.data import ResumableSampler, build_pretrain_dataset
 
     if aug.views not in ("auto", "cpu", "device"):
         raise ValueError(f"aug.views={aug.views!r} is not one of: auto, cpu, device")
@@ -234,8 +237,6 @@ def train(
     return "stopped" (preemption). ``on_metrics(step, monitor_metrics)`` (rank 0, after each
     online kNN): a non-empty string ends the run early as "halted", that string being the
     reason (a sweep's pruning); an exception it raises fails the run on every rank."""
-    from detlab.methods.registry import build_method
-    from detlab.platform.monitor import KnnMonitor, fingerprints
 
     cfg = resolve_run_name(resolve_out_dir(cfg))
     tc = cfg.train
@@ -349,19 +350,19 @@ def train(
                 distr.barrier(info)
             if stop and step < tc.steps:
                 logger.pause()
-                return TrainResult("stopped", step, logger.run_id, metrics, path)
+                return TrainResult(TrainStatus.STOPPED, step, logger.run_id, metrics, path)
     except BaseException as exc:
         bar.close()
-        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        status = RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED
         logger.finish(status, reason=f"{type(exc).__name__}: {exc}")
         distr.cleanup(info)
         raise
     bar.close()
-    logger.finish("KILLED" if halted else "FINISHED", reason=halted)
+    logger.finish(RunStatus.KILLED if halted else RunStatus.FINISHED, reason=halted)
     distr.cleanup(info)
     if halted:
-        return TrainResult("halted", step, logger.run_id, metrics, None)
-    return TrainResult("completed", step, logger.run_id, metrics, str(ckpt_path))
+        return TrainResult(TrainStatus.HALTED, step, logger.run_id, metrics, None)
+    return TrainResult(TrainStatus.COMPLETED, step, logger.run_id, metrics, str(ckpt_path))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -369,10 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     ``torchrun --nproc_per_node=N`` (which sets RANK / WORLD_SIZE / MASTER_ADDR ...)."""
     import sys
 
-    from detlab.platform.compose import compose
-
     result = train(compose(sys.argv[1:] if argv is None else argv))
-    return 0 if result.status == "completed" else 1
+    return 0 if result.status == TrainStatus.COMPLETED else 1
 
 
 if __name__ == "__main__":

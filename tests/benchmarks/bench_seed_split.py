@@ -22,9 +22,9 @@ import yaml
 
 
 def patch_init(init_seed: int) -> None:
-    import detlab.methods.registry as registry  # train() imports build_method from it
+    import detlab.platform.train as train  # train() calls the build_method it imported
 
-    build = registry.build_method
+    build = train.build_method
 
     def seeded_build(*args, **kwargs):
         state = torch.random.get_rng_state()
@@ -34,7 +34,7 @@ def patch_init(init_seed: int) -> None:
         finally:
             torch.random.set_rng_state(state)
 
-    registry.build_method = seeded_build
+    train.build_method = seeded_build
 
 
 def main() -> None:
