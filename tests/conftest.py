@@ -5,6 +5,7 @@ SLURM cluster, a real `mlflow server`, and tiny pretraining and sweep settings."
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -92,31 +93,53 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class MlflowServer:
+    """A real tracking server (SQLite backend) on 127.0.0.1, on a port and store that stay
+    the same when it is killed and started again (the tracking-outage fault test)."""
+
+    def __init__(self, root: Path):
+        self.root, self.port, self.proc = Path(root), free_port(), None
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> str:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+             f"sqlite:///{self.root}/mlflow.db", "--default-artifact-root",
+             str(self.root / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port),
+             "--workers", "1"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"{self.url}/health", timeout=2)
+                return self.url
+            except OSError:
+                time.sleep(0.3)
+        self.stop(signal.SIGKILL)
+        pytest.fail("mlflow server did not come up")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(timeout=30)
+
+
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
-    """A real tracking server (SQLite backend) on 127.0.0.1, one per test module."""
-    root = tmp_path_factory.mktemp("mlflow_server")
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-         f"sqlite:///{root}/mlflow.db", "--default-artifact-root", str(root / "artifacts"),
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("mlflow server did not come up")
-    yield url
-    os.killpg(proc.pid, 15)
-    proc.wait(timeout=30)
+    """A real tracking server's URL, one per test module."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow_server"))
+    yield server.start()
+    server.stop()
+
+
+@pytest.fixture
+def restartable_mlflow_server(tmp_path):
+    """A real tracking server this test may kill (``stop(signal.SIGKILL)``) and start again."""
+    server = MlflowServer(tmp_path / "mlflow_server")
+    server.start()
+    yield server
+    server.stop(signal.SIGKILL)
 
 
 @pytest.fixture

@@ -8,13 +8,10 @@ outlasts the run: the records left wait on disk and `detlab jobs` writes them af
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -24,48 +21,9 @@ from detlab.platform.cli import main as cli
 OUTAGE_S = 60
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`mlflow server` on a fixed port and store, to be killed and started again."""
-
-    def __init__(self, root):
-        self.root, self.port, self.proc = root, free_port(), None
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-             f"sqlite:///{self.root}/mlflow.db", "--default-artifact-root",
-             str(self.root / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port),
-             "--workers", "1"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(f"{self.url}/health", timeout=2)
-                return
-            except OSError:
-                time.sleep(0.3)
-        pytest.fail("mlflow server did not come up")
-
-    def kill(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-
-
 @pytest.fixture
-def server(tmp_path):
-    srv = Server(tmp_path / "server")
-    srv.start()
-    yield srv
-    if srv.proc.poll() is None:
-        srv.kill()
+def server(restartable_mlflow_server):
+    return restartable_mlflow_server
 
 
 def start_run(tiny_overrides, tmp_path, server, steps, *extra):
@@ -106,7 +64,7 @@ def test_a_60_s_tracking_outage_costs_no_training_step(
     proc = start_run(tiny_overrides, tmp_path, server, steps)
     wait_for_step(server, proc, 30)
     t_down = time.time()
-    server.kill()
+    server.stop(signal.SIGKILL)
     time.sleep(OUTAGE_S)
     assert proc.poll() is None, "the run ended during the outage: give it more steps"
     t_up = time.time()
@@ -146,7 +104,7 @@ def test_records_an_outage_leaves_at_the_end_wait_on_disk_for_detlab_jobs(
     steps = 60
     proc = start_run(tiny_overrides, tmp_path, server, steps, "tracking.flush_timeout_s=2")
     wait_for_step(server, proc, 5)
-    server.kill()
+    server.stop(signal.SIGKILL)
     assert proc.wait(timeout=600) == 0  # the run ends while the server is down
     err = (tmp_path / "stderr.txt").read_text()
     assert "did not reach" in err and "detlab jobs" in err, err[-2000:]
