@@ -24,13 +24,17 @@ from pathlib import Path
 
 import yaml
 
-from detlab.pipelines.study_cells import DEFAULT_STUDIES, STUDIES, run_cell
-from detlab.pipelines.study_reference import REFERENCES, run_reference
-from detlab.pipelines.study_runner import StudyFailure, run_studies
 from detlab.platform.lifecycle import end_with_dvc
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Lazy on purpose: the runner's spawned pool workers import this module (as
+    # __mp_main__) before their initializer makes them end with this process; kept light,
+    # they watch it within seconds of starting (test_dvc.py: kill -9 of dvc repro).
+    from detlab.pipelines.study_cells import DEFAULT_STUDIES, STUDIES, run_cell
+    from detlab.pipelines.study_reference import REFERENCES, run_reference
+    from detlab.pipelines.study_runner import StudyFailure, run_studies
+
     p = argparse.ArgumentParser(
         description="Run every study cell (`run`, the DVC stage) or one cell or reference."
     )
