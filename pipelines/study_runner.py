@@ -41,7 +41,7 @@ from detlab.pipelines.study_cells import (
 )
 from detlab.pipelines.study_reference import reference_key, reference_overrides, run_reference
 from detlab.pipelines.study_reuse import adopt, records_by_key
-from detlab.pipelines.study_views import install_view
+from detlab.pipelines.study_views import colour_runs, install_view
 from detlab.platform.cli import one_line
 from detlab.platform.compose import compose
 from detlab.platform.config import TrackingConfig
@@ -60,7 +60,7 @@ from detlab.platform.tracking import (
 REFERENCES_DIR = "references"
 DESCRIPTIONS = {  # each study experiment's description in the MLflow UI
     "mask_quality": (
-        "{method} pretrained with masks of increasing quality (grid < SLIC < FH < ground "
+        "{method} pretrained with mask sets of different quality (e.g. grid < FH < ground "
         "truth, measured as ABO against the ground truth: metric `mask_abo`), and {baseline} "
         "on one global mask as the image-level baseline; 3 seeds per source. Read "
         "`seg_miou_objects` (segmentation probe, object classes) per `detlab.cell` against "
@@ -347,6 +347,8 @@ def run_studies(
                     except Exception as e:  # noqa: BLE001
                         done(finished, cell, error=e)
     end_parents(uri, parents, failures)
+    for study in parents:  # the view was written before these cells logged: colour them now
+        colour_runs(uri, get_run(uri, parents[study]).experiment_id)
     for study, link in links.items():
         print(f"MLflow, study {study}: `mlflow ui --backend-store-uri {uri}`, then "
               f"http://127.0.0.1:5000/{link}", file=out, flush=True)  # fmt: skip

@@ -139,6 +139,10 @@ def test_failing_cells_do_not_stop_the_others_and_a_rerun_retries_only_them(
     rows = {r.data.tags["detlab.cell"]: r.data.params["row"] for r in shown}
     assert rows == {"grid-s0": "grid", "grid-s1": "grid", "gt-s0": "gt", "gt-s1": "gt",
                     "random-s0": "random"}  # fmt: skip
+    # every run it shows carries its row's colour, set after the cells logged
+    colours = {r.data.tags["detlab.cell"]: r.data.tags.get("mlflow.runColor") for r in shown}
+    assert colours["grid-s0"] == colours["grid-s1"] and colours["gt-s0"] == colours["gt-s1"]
+    assert len({colours["grid-s0"], colours["gt-s0"], colours["random-s0"]} - {None}) == 3
 
 
 def test_misconfigured_cells_are_refused_before_any_compute(study_params, tmp_path):
