@@ -73,7 +73,7 @@ def reconcile(
     if not ids:
         return []
     ended = []
-    for run in tracking.search_runs(uri, ids, "attributes.status = 'RUNNING'", 5000):
+    for run in tracking.search_runs(uri, ids, f"attributes.status = '{RunStatus.RUNNING}'", 5000):
         verdict = stale_verdict(run.tags, job_state)
         if verdict is None:
             continue
