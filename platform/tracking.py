@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import atexit
 import functools
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -30,38 +29,6 @@ from detlab.platform.tracking_queue import TrackingQueue
 
 MAX_PARAM_LEN = 500
 STALE_REASON = "failure_reason"  # why a run ended FAILED or KILLED
-
-
-# What decides a run's results: the code, its configs and the pinned environment. Files that
-# DVC or the runs themselves rewrite (dvc.lock, metrics, reports, params.yaml, whose values
-# are logged as params) do not make the commit "-dirty".
-SOURCE_PATHSPECS = (
-    ":(top,glob)**/*.py",
-    ":(top,glob)**/conf/**/*.yaml",
-    ":(top,glob)plots/**",
-    ":(top)pyproject.toml",
-    ":(top)setup.py",
-    ":(top)requirements.lock",
-)
-
-
-def git_commit(cwd: str | Path = ".") -> str:
-    """HEAD's commit, with "-dirty" when a tracked source file differs from it."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5
-        )
-        commit = out.stdout.strip() or "unknown"
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", *SOURCE_PATHSPECS],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-        return commit + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def _experiment_id(client: MlflowClient, name: str) -> str:

@@ -27,8 +27,9 @@ from detlab.platform.config import AugConfig, DataConfig, MasksConfig, TrainConf
 from detlab.platform.monitor import KnnMonitor, fingerprints
 from detlab.platform.optim import build_optimizer, build_scheduler
 from detlab.platform.progress import Progress
+from detlab.platform.provenance import git_commit
 from detlab.platform.states import RunStatus, TrainStatus
-from detlab.platform.tracking import RunLogger, git_commit
+from detlab.platform.tracking import RunLogger
 
 
 class NonFiniteLossError(FloatingPointError):

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from detlab.platform.tracking import experiment_id, git_commit, search_runs
+from detlab.platform.provenance import git_commit
+from detlab.platform.tracking import experiment_id, search_runs
 
 REPO = Path(__file__).resolve().parents[2]
 
