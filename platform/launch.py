@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from detlab.platform.compose import to_yaml
 from detlab.platform.job import SlurmJob, StopFlag
+from detlab.platform.lifecycle import detlab_home
 from detlab.platform.progress import Progress
 from detlab.platform.slurm_query import LaunchError, sacct_state, slurm_env, validate_slurm
 from detlab.platform.states import FINAL, JobState, TrainStatus
@@ -31,7 +32,7 @@ from detlab.platform.states import FINAL, JobState, TrainStatus
 
 def registry() -> Path:
     """The list of submitted jobs (job id -> MLflow run, log): $DETLAB_HOME/jobs.jsonl."""
-    return Path(os.environ.get("DETLAB_HOME", Path.home() / ".detlab")) / "jobs.jsonl"
+    return detlab_home() / "jobs.jsonl"
 
 
 # ------------------------------------------------------------------------- the job
