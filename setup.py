@@ -36,8 +36,13 @@ setup(
     packages=packages,
     package_dir=package_dir,
     package_data={
-        "detlab.platform": ["conf/*.yaml", "conf/**/*.yaml", "slurm/*.sh", "slurm/*.tmpl",
-                            "slurm/*.conf"],
+        "detlab.platform": [
+            "conf/*.yaml",
+            "conf/**/*.yaml",
+            "slurm/*.sh",
+            "slurm/*.tmpl",
+            "slurm/*.conf",
+        ],
         "detlab.sweeps": ["conf/**/*.yaml"],
     },
     include_package_data=True,
