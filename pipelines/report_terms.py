@@ -30,3 +30,9 @@ FLAG_STD = 2.0  # ⚠ when the gain over random init is under this many pooled s
 def main_metrics(keys: list[str]) -> list[str]:
     """The findings' metrics among ``keys`` (else the first of them)."""
     return [k for k in FINDING_METRICS if k in keys] or keys[:1]
+
+
+def headline_of(keys: list[str]) -> str:
+    """A study's headline metric: the object-level seg mIoU where its probes measured it,
+    else the first finding metric they did (linear top-1 on a classification dataset)."""
+    return main_metrics(keys)[0]

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     # Lazy on purpose: the runner's spawned pool workers import this module (as
     # __mp_main__) before their initializer makes them end with this process; kept light,
     # they watch it within seconds of starting (test_dvc.py: kill -9 of dvc repro).
-    from detlab.pipelines.study_cells import DEFAULT_STUDIES, STUDIES, run_cell
+    from detlab.pipelines.study_cells import DEFAULT_STUDIES, STUDIES, run_cell, study_params
     from detlab.pipelines.study_reference import REFERENCES, run_reference
     from detlab.pipelines.study_runner import StudyFailure, run_studies
 
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.mask:
         p.error(f"{args.study} needs --mask")
     rec = run_cell(
-        params,
+        study_params(params, (args.study,)),
         args.study,
         args.mask,
         args.seed,

@@ -18,6 +18,7 @@ references (``study_reference.py``) and the copies (``study_reuse.py``) share wh
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import time
@@ -118,9 +119,42 @@ def cell_overrides(params: dict, study: str, mask: str, seed: int, resolution: i
 
 
 DEFAULT_STUDIES = ("mask_quality", "resolution")  # the `studies` stage (default `dvc repro`)
-ABLATIONS = ("mask_count", "soco_proposals", "methods")  # named stages: ablations/dvc.yaml
+ABLATIONS = ("mask_count", "soco_proposals", "methods", "methods_fmnist")  # ablations/dvc.yaml
 STUDIES = DEFAULT_STUDIES + ABLATIONS
 HEALTH = ("loss", "rep_std", "knn_top1")  # last logged values of the pretraining run
+
+
+def study_params(params: dict, studies: tuple[str, ...]) -> dict:
+    """The params a stage of ``studies`` runs with. A study on a dataset of its own
+    (``studies.<study>.data: {config, root, masks}``, e.g. Fashion-MNIST) runs alone in its
+    stage: its dataset, mask folder, probes (``evals``, ``probe_resolution``) and reference
+    kinds replace the shared ones, and its mask sets have no measured quality (no ground
+    truth). Any other stage's params are returned as they are."""
+    own = [s for s in studies if ((params["studies"].get(s) or {}).get("data"))]
+    if not own:
+        return params
+    if len(studies) > 1:
+        raise ValueError(
+            f"studies.{own[0]} trains on its own data ({params['studies'][own[0]]['data']}): "
+            f"run it in a stage of its own, not with {[s for s in studies if s != own[0]]}"
+        )
+    spec = params["studies"][own[0]]
+    data = spec["data"]
+    missing = [k for k in ("config", "root", "masks") if k not in data]
+    if missing:
+        raise ValueError(f"studies.{own[0]}.data lacks {missing} (needs config, root, masks)")
+    out = copy.deepcopy(params)
+    out["prepare"] = {**out.get("prepare", {}), "out": data["root"]}
+    out["masks"] = {**out.get("masks", {}), "out": data["masks"]}
+    out["quality_dir"] = None  # no ground truth: no mask quality
+    st = out["studies"]
+    st["common"] = [*st["common"], f"data={data['config']}"]
+    st.update({k: spec[k] for k in ("evals", "probe_resolution") if k in spec})
+    refs = {**(st.get("references") or {}), "resolution": spec.get("resolution")}
+    if "references" in spec:
+        refs["kinds"] = list(spec["references"])
+    st["references"] = refs
+    return out
 
 
 def code_fingerprint() -> str:
@@ -279,8 +313,9 @@ def run_cell(
     logger.log_params(axis_params(mask, cfg.method.name, resolution, seed))
     logger.finish(RunStatus.FINISHED)
     mask_set = cell_row(params, study, mask)[1]
-    quality_file = Path(params.get("quality_dir", "metrics/mask_quality")) / f"{mask_set}.json"
-    quality = json.loads(quality_file.read_text()) if quality_file.exists() else {}
+    quality_dir = params.get("quality_dir", "metrics/mask_quality")  # None: not measurable
+    quality_file = Path(quality_dir or "") / f"{mask_set}.json"
+    quality = json.loads(quality_file.read_text()) if quality_dir and quality_file.exists() else {}
     # the cell's row in the study: tags + mask quality
     set_tags(
         tracking_uri, run_id, {"detlab.study": study, "detlab.cell": name, "detlab.role": "cell"}

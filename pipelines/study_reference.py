@@ -38,12 +38,14 @@ REFERENCES = ("random", "supervised")
 
 def reference_overrides(params: dict, seed: int) -> list[str]:
     st = params["studies"]
+    refs = st.get("references", {}) or {}
+    resolution = refs.get("resolution") or st["mask_quality"]["resolution"]
     return [
         *st["common"],
-        *(st.get("references", {}) or {}).get("overrides", []),
+        *refs.get("overrides", []),
         f"data.root={params['prepare']['out']}",
         f"train.seed={seed}",
-        f"aug.resolution={st['mask_quality']['resolution']}",
+        f"aug.resolution={resolution}",
     ]
 
 

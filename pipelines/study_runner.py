@@ -38,6 +38,7 @@ from detlab.pipelines.study_cells import (
     run_cell,
     study_cell_key,
     study_method,
+    study_params,
 )
 from detlab.pipelines.study_reference import reference_key, reference_overrides, run_reference
 from detlab.pipelines.study_reuse import adopt, records_by_key
@@ -83,6 +84,11 @@ DESCRIPTIONS = {  # each study experiment's description in the MLflow UI
     "methods": (
         "Every method at the same budget against random init (the references), 3 seeds "
         "each; the parent run `study: methods` holds the table with each gain's CI."
+    ),
+    "methods_fmnist": (
+        "Every method on Fashion-MNIST (32 px, DetCon on FH masks, SoCo on selective-search "
+        "boxes) against random init and a supervised classifier, 3 seeds each; read "
+        "`linear_top1`; the parent run `study: methods_fmnist` holds the table."
     ),
 }
 
@@ -274,6 +280,7 @@ def run_studies(
     "removed", "copied"}. A cell whose key a record under ``reuse`` (another stage's
     metrics) already holds is copied from it, not retrained. Raises StudyFailure naming
     every failed cell after the others have finished."""
+    params = study_params(params, studies)  # a study on its own dataset: its data and probes
     st = params["studies"]
     jobs = int(jobs or st.get("jobs", 1))
     if jobs < 1:

@@ -1,18 +1,22 @@
 """Shared fixtures: a tiny generated `shapes` dataset and mask sets made by the real
-mask generators (subfolders may override ``tiny_shapes`` with their own sizes), the local
+mask generators (subfolders may override ``tiny_shapes`` with their own sizes), a tiny
+Fashion-MNIST (IDX files in the format's layout, exported as its ImageFolder), the local
 SLURM cluster, a real `mlflow server`, and tiny pretraining and sweep settings."""
 
 from __future__ import annotations
 
+import gzip
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 
@@ -37,6 +41,37 @@ def tiny_mask_sets(tiny_shapes, tmp_path_factory) -> dict[str, Path]:
         name: Path(generate(name, tiny_shapes, out / name, workers=1, progress=False))
         for name in ("fh", "ss", "gt")
     }
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture(scope="session")
+def idx_dir(tmp_path_factory) -> tuple[Path, dict]:
+    """40 train / 20 test 28x28 images; class k is a bright bar at row 2k (learnable)."""
+    root = tmp_path_factory.mktemp("idx")
+    rng = np.random.default_rng(0)
+    data = {}
+    for prefix, n in (("train", 40), ("t10k", 20)):
+        labels = np.arange(n) % 10
+        images = rng.integers(0, 60, (n, 28, 28))
+        for i, k in enumerate(labels):
+            images[i, 2 * k + 4 : 2 * k + 7, 4:24] = 250
+        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
+        data[prefix] = (images.astype(np.uint8), labels)
+    return root, data
+
+
+@pytest.fixture(scope="session")
+def tiny_fmnist(idx_dir, tmp_path_factory) -> Path:
+    """``idx_dir`` exported as Fashion-MNIST's ImageFolder at 32 px (read-only!)."""
+    from detlab.methods.datasets.fashion_mnist import export
+
+    return export(idx_dir[0], tmp_path_factory.mktemp("fmnist") / "fm", size=32, progress=False)
 
 
 TINY_TRAIN = ["experiment=tiny"]  # platform/conf/experiment/tiny.yaml

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from detlab.methods.config import DataConfig
@@ -18,13 +18,18 @@ def build_eval_loader(
     batch_size: int = 64,
     max_images: int | None = None,
 ) -> DataLoader:
-    """(centre crop, label) batches of ``split`` in dataset order (no shuffling)."""
+    """(centre crop, label) batches of ``split`` in dataset order (no shuffling).
+    ``max_images``: that many images spread evenly over the split (an ImageFolder lists its
+    images class by class, so its first N may all be one class); ``data.max_images`` keeps
+    its meaning, the split's first N (smoke runs)."""
     from detlab.methods.datasets import open_dataset
 
-    limit = max_images if data.max_images is None else min(max_images or 10**12, data.max_images)
-    images = open_dataset(data.root, split, format=data.format, max_images=limit)
+    images = open_dataset(data.root, split, format=data.format, max_images=data.max_images)
+    dataset = EvalDataset(images, resolution)
+    if max_images is not None and max_images < len(dataset):
+        dataset = Subset(dataset, torch.linspace(0, len(dataset) - 1, max_images).long().tolist())
     return DataLoader(
-        EvalDataset(images, resolution),
+        dataset,
         batch_size=batch_size,
         shuffle=False,
         num_workers=data.num_workers,

@@ -48,12 +48,17 @@ def miou(conf: Tensor) -> tuple[float, list[float]]:
     return float(iou[valid].mean()) if valid.any() else 0.0, iou.tolist()
 
 
+def load_image(images, i: int, resolution: int) -> Tensor:
+    """Image ``i`` resized to R x R, normalised: [3, R, R]."""
+    x = TF.resize(as_chw_uint8(images.load_image(i)), [resolution, resolution], antialias=True)
+    return TF.normalize(to_float(x), IMAGENET_MEAN, IMAGENET_STD)
+
+
 def load_split(images, resolution: int) -> tuple[Tensor, Tensor]:
     """Images resized to R x R (normalised) and their semantic labels (nearest)."""
     xs, ys = [], []
     for i in range(len(images)):
-        x = TF.resize(as_chw_uint8(images.load_image(i)), [resolution, resolution], antialias=True)
-        xs.append(TF.normalize(to_float(x), IMAGENET_MEAN, IMAGENET_STD))
+        xs.append(load_image(images, i, resolution))
         y = torch.from_numpy(np.asarray(images.semantic(i)))[None]
         ys.append(TF.resize(y, [resolution, resolution], TF.InterpolationMode.NEAREST)[0])
     return torch.stack(xs), torch.stack(ys).long()

@@ -1,5 +1,5 @@
-"""The supervised reference of a study: the same backbone trained on the segmentation labels
-with the same budget as a pretraining cell (steps x batch, resolution, crop augmentation),
+"""The supervised reference of a study: the same backbone trained on the labels (segmentation
+where the data has it, else image classes) with the same budget as a pretraining cell (steps x batch, resolution, crop augmentation),
 then probed exactly like the pretrained cells. It bounds from above what label-free
 pretraining can be expected to reach at this budget; a random init bounds it from below."""
 
@@ -12,7 +12,7 @@ from torchvision import tv_tensors
 from tqdm import tqdm
 
 from detlab.methods.augment import CropFlip
-from detlab.methods.eval.seg import IGNORE, load_split
+from detlab.methods.eval.seg import IGNORE, load_image, load_split
 
 
 def train_supervised(
@@ -29,13 +29,24 @@ def train_supervised(
     device=torch.device("cpu"),
     progress: bool = False,
 ) -> nn.Module:
-    """Train ``backbone`` + a 1x1 conv head on C5 with per-pixel cross-entropy (AdamW,
-    cosine schedule, paired random-resized-crop + flip of image and labels); returns the
-    backbone (the head is dropped: the probes fit their own)."""
-    num_classes = int(train_images.num_seg_classes)
-    # images at 1.25x the training resolution, so crops keep detail
-    x, y = load_split(train_images, int(round(resolution * 1.25)))
-    head = nn.Conv2d(backbone.out_channels, num_classes, 1)
+    """Train ``backbone`` + a head on its labels: per-pixel cross-entropy through a 1x1 conv
+    on C5 where the split has segmentation labels, else image-level cross-entropy through a
+    linear layer on the pooled C5 features (a classification dataset, e.g. Fashion-MNIST).
+    AdamW, one-cycle schedule, paired random-resized-crop + flip of image and labels;
+    returns the backbone (the head is dropped: the probes fit their own)."""
+    semantic = bool(train_images.has_semantic)
+    size = int(
+        round(resolution * 1.25)
+    )  # images at 1.25x the training resolution: crops keep detail
+    if semantic:
+        x, y = load_split(train_images, size)
+        head = nn.Conv2d(backbone.out_channels, int(train_images.num_seg_classes), 1)
+    else:
+        labels = [r.label for r in train_images.records]
+        if any(label is None for label in labels):
+            raise ValueError(f"{train_images}: no segmentation and not every image has a class")
+        y = torch.tensor(labels)  # [N] image classes
+        head = nn.Linear(backbone.out_channels, len(train_images.classes))
     model = nn.ModuleDict({"backbone": backbone, "head": head}).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -45,18 +56,24 @@ def train_supervised(
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # the crop windows (torchvision draws from the global RNG)
     for _ in tqdm(range(steps), desc="supervised", disable=not progress, leave=False):
-        idx = torch.randint(len(x), (batch_size,), generator=gen)
+        idx = torch.randint(len(y), (batch_size,), generator=gen)
         xs, ys = [], []
         for i in idx.tolist():
-            image, mask = tv_tensors.Image(x[i]), tv_tensors.Mask(y[i][None])
+            image = tv_tensors.Image(x[i] if semantic else load_image(train_images, i, size))
             p = crop.sample(image)
             xs.append(crop.apply(image, p).as_subclass(torch.Tensor))
-            ys.append(crop.apply(mask, p).as_subclass(torch.Tensor)[0])
-        xb, yb = torch.stack(xs).to(device), torch.stack(ys).to(device)
-        logits = F.interpolate(
-            model["head"](model["backbone"](xb)), size=yb.shape[-2:], mode="bilinear",
-            align_corners=False,
-        )  # fmt: skip
+            if semantic:
+                ys.append(crop.apply(tv_tensors.Mask(y[i][None]), p).as_subclass(torch.Tensor)[0])
+        xb = torch.stack(xs).to(device)
+        if semantic:
+            yb = torch.stack(ys).to(device)
+            logits = F.interpolate(
+                model["head"](model["backbone"](xb)), size=yb.shape[-2:], mode="bilinear",
+                align_corners=False,
+            )  # fmt: skip
+        else:
+            yb = y[idx].to(device)
+            logits = model["head"](model["backbone"].pooled(xb))  # [B, classes]
         loss = F.cross_entropy(logits, yb.long(), ignore_index=IGNORE)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"supervised reference: loss is {loss.item()}")

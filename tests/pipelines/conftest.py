@@ -206,6 +206,9 @@ def tiny_params():
             "simclr": {"method": "simclr", "mask": "global"},
             "detcon_s": {"method": "detcon_s", "mask": "gt"},
             "byol": {"method": "byol", "mask": "global"}})  # fmt: skip
+        st["methods_fmnist"].update(seeds=[0], resolution=32, probe_resolution=32, cells={},
+                                    rows={"simclr": {"method": "simclr", "mask": "global"},
+                                          "detcon_s": {"method": "detcon_s", "mask": "fh"}})  # fmt: skip
         st["probe_resolution"] = 32
         return params
 

@@ -3,8 +3,6 @@ read by the ordinary readers; evaluations and fine-tuning of imported weights on
 
 from __future__ import annotations
 
-import gzip
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -15,29 +13,6 @@ from torchvision.models import resnet as tv
 from detlab.methods.datasets import DatasetError, open_dataset
 from detlab.methods.datasets.fashion_mnist import CLASSES, DEBIAN_DIR, export, main, read_idx
 from detlab.platform.cli import main as cli
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
-
-
-@pytest.fixture(scope="module")
-def idx_dir(tmp_path_factory) -> tuple[Path, dict]:
-    """40 train / 20 test 28x28 images; class k is a bright bar at row 2k (learnable)."""
-    root = tmp_path_factory.mktemp("idx")
-    rng = np.random.default_rng(0)
-    data = {}
-    for prefix, n in (("train", 40), ("t10k", 20)):
-        labels = np.arange(n) % 10
-        images = rng.integers(0, 60, (n, 28, 28))
-        for i, k in enumerate(labels):
-            images[i, 2 * k + 4 : 2 * k + 7, 4:24] = 250
-        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images)
-        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
-        data[prefix] = (images.astype(np.uint8), labels)
-    return root, data
 
 
 def test_export_is_an_image_folder_with_the_right_pixels_and_labels(idx_dir, tmp_path):
