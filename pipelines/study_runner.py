@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -338,7 +339,8 @@ def run_studies(
     else:
         ctx = multiprocessing.get_context("spawn")  # no forked torch / MLflow state
         with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=ctx,
-                                 initializer=exit_with_parent) as pool:  # fmt: skip
+                                 initializer=exit_with_parent,
+                                 initargs=(2.0, "study worker", False, os.getpid())) as pool:  # fmt: skip
             running: dict[Future, Cell] = {
                 pool.submit(run_one, params, c, metrics_root, outputs_root, keys[c], studies): c
                 for c in todo

@@ -65,12 +65,18 @@ def _gone(pid: int, started: int | None, parent: int) -> bool:
 
 
 def exit_with_parent(
-    poll_s: float = 2.0, what: str = "", through_shells: bool = False
+    poll_s: float = 2.0, what: str = "", through_shells: bool = False, expected: int | None = None
 ) -> threading.Thread:
     """Exit this process (status ``ORPHANED``) within ``poll_s`` seconds of its parent's
     death (with ``through_shells``, of its first ancestor that is not a shell). Call once,
-    early; pool workers call it from their initializer."""
+    early; pool workers call it from their initializer, with ``expected`` the pid of the
+    process that started them: a worker reaching its initializer after that one died has
+    been re-parented already (to init, whose death it would wait for) and exits at once."""
     parent = os.getppid()
+    if expected is not None and parent != expected:
+        print(f"{what or sys.argv[0]}: parent process {expected} ended before this one "
+              "started; exiting", file=sys.stderr, flush=True)  # fmt: skip
+        os._exit(ORPHANED)
     pid, started = _watched(through_shells)
 
     def watch() -> None:

@@ -8,6 +8,7 @@ A shard is a fixed index range ``[start, stop)``; a job is ``(shard, start, stop
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -39,11 +40,13 @@ def span(jobs: list[Job]) -> str:
     return f"{first}-{last}" if last != first else str(first)
 
 
-def _init(method: str, params: dict, root: str, split: str, fmt: str) -> None:
+def _init(method: str, params: dict, root: str, split: str, fmt: str,
+          owner: int | None = None) -> None:  # fmt: skip
+    """A worker's state; ``owner``: the pid of the pool's process (see exit_with_parent)."""
     from detlab.methods.datasets import open_dataset
     from detlab.platform.lifecycle import exit_with_parent
 
-    exit_with_parent(what="masks worker")  # no orphans after `kill -9` of the stage
+    exit_with_parent(what="masks worker", expected=owner)  # no orphans after `kill -9`
 
     _STATE.update(method=method, params=params,
                   dataset=open_dataset(root, split, format=fmt, validate=False))  # fmt: skip
@@ -80,7 +83,8 @@ def compute(jobs: list[Job], init_args: tuple, workers: int = 1,
                 return
             yield _work(job)
         return
-    with pool_context().Pool(workers, initializer=_init, initargs=init_args) as pool:
+    args = (*init_args, os.getpid())  # the workers know whose they are
+    with pool_context().Pool(workers, initializer=_init, initargs=args) as pool:
         for count in pool.imap_unordered(_work, jobs):
             yield count
             if stop is not None and stop():

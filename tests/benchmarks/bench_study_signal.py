@@ -8,6 +8,7 @@ effect-to-noise ratios the study's acceptance rests on, for a few cells and seed
     python tests/benchmarks/bench_study_signal.py --method detcon_b         # gt and BYOL
     python tests/benchmarks/bench_study_signal.py --method soco --masks ss
     python tests/benchmarks/bench_study_signal.py --method vicreg           # global only
+    python tests/benchmarks/bench_study_signal.py --study methods_fmnist --method byol soco
 
 Training runs the real study code (``detlab.pipelines.study``) with ``params.yaml``'s protocol
 on the dataset and masks that ``dvc repro`` built (``data/``), into a temporary folder and a
@@ -21,6 +22,11 @@ seed std pooled over the two rows): the study asks for >= 3 and >= 2.
 global, the global cell being its image-level twin), an image-level one on the global mask.
 Each method gets its own keys and schedule from ``studies.method_overrides.<method>``;
 ``--set method.<key>=...`` adds to those, other ``--set`` keys to ``studies.common``.
+
+``--study`` takes a study of rows (``methods``, ``methods_fmnist``: Fashion-MNIST, built by
+``dvc repro ablations/dvc.yaml:fashion_mnist_masks``): ``--method`` then names its rows
+(default: every row), each trained with its row's masks and its own cell settings, on the
+study's data and probes; the headline is the study's (linear top-1 on Fashion-MNIST).
 """
 
 from __future__ import annotations
@@ -37,22 +43,23 @@ import yaml
 from detlab.methods.registry import IMAGE_BASELINE
 from detlab.pipelines.stats import pooled_std
 
-HEADLINE = "seg_miou_objects"
 
-
-def train_records(params: dict, masks: list[str], seeds: list[int], root: Path) -> list[dict]:
-    from detlab.pipelines.study_cells import run_cell
+def train_records(params: dict, study: str, cells: list[str], seeds: list[int],
+                  root: Path) -> list[dict]:  # fmt: skip
+    """Random init and ``cells`` (mask sets, or rows of a study of rows) of ``study``."""
+    from detlab.pipelines.study_cells import run_cell, study_params
     from detlab.pipelines.study_reference import run_reference
 
     params["studies"]["tracking_uri"] = f"sqlite:///{root}/mlflow.db"
-    params["quality_dir"] = "metrics/mask_quality"
+    params.setdefault("quality_dir", "metrics/mask_quality")
+    params = study_params(params, (study,))
     records = []
     for seed in seeds:
         t0 = time.time()
         records.append(run_reference(params, "random", seed, root / "metrics"))
-        for mask in masks:
+        for cell in cells:
             records.append(
-                run_cell(params, "mask_quality", mask, seed, None, root / "metrics", root / "out")
+                run_cell(params, study, cell, seed, None, root / "metrics", root / "out")
             )
         print(f"seed {seed}: {time.time() - t0:.0f} s", flush=True)
     return records
@@ -61,8 +68,8 @@ def train_records(params: dict, masks: list[str], seeds: list[int], root: Path) 
 def read_records(folder: Path) -> list[dict]:
     return [
         json.loads(p.read_text())
-        for sub in ("mask_quality", "references")
-        for p in sorted((folder / sub).glob("*.json"))
+        for sub in sorted(q for q in folder.iterdir() if q.is_dir())
+        for p in sorted(sub.glob("*.json"))
     ]
 
 
@@ -72,19 +79,21 @@ def row_of(record: dict) -> str:
 
 def report(records: list[dict]) -> None:
     from detlab.pipelines.report import diff_finding
+    from detlab.pipelines.report_terms import headline_of
 
+    headline = headline_of(sorted({k for r in records for k in r["metrics"]}))
     by_row: dict[str, dict[int, float]] = {}
     for r in records:
-        if HEADLINE in r["metrics"]:
-            by_row.setdefault(row_of(r), {})[int(r["seed"])] = r["metrics"][HEADLINE]
+        if headline in r["metrics"]:
+            by_row.setdefault(row_of(r), {})[int(r["seed"])] = r["metrics"][headline]
     pretrained = [k for k in by_row if k not in ("random", "supervised")]
     noise = pooled_std([list(by_row[k].values()) for k in pretrained])
-    print(f"\n{HEADLINE}; seed std pooled over pretrained rows = {noise:.4f}")
+    print(f"\n{headline}; seed std pooled over pretrained rows = {noise:.4f}")
     print(f"{'row':<12}{'mean':>8}{'std':>8}{'n':>3}   Δ vs random [95% CI]        d   Δ/all-std")
     random = by_row.get("random", {})
 
     def sizes(a: dict, b: dict) -> str:
-        f = diff_finding("x", "x", HEADLINE, a, b, noise)
+        f = diff_finding("x", "x", headline, a, b, noise)
         d = float("nan") if f["d"] is None else f["d"]
         ratio = float("nan") if f["ratio"] is None else f["ratio"]
         return f"{f['diff']:+.4f} [{f['lo']:+.4f}, {f['hi']:+.4f}]  {d:+5.1f}  {ratio:+5.1f}"
@@ -114,7 +123,9 @@ def main() -> None:
     )
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--metrics", type=Path, help="read these study records instead of training")
-    p.add_argument("--method", help="studies.method (default: params.yaml's)")
+    p.add_argument("--study", default="mask_quality", help="a study of params.yaml")
+    p.add_argument("--method", nargs="+", help="studies.method (default: params.yaml's); "
+                   "a study of rows: its rows to train (default: all)")  # fmt: skip
     p.add_argument("--set", nargs="*", default=[], help="overrides added to studies.common")
     args = p.parse_args()
     if args.metrics:
@@ -122,16 +133,31 @@ def main() -> None:
     else:
         params = yaml.safe_load(Path(args.params).read_text())
         st = params["studies"]
-        method = st["method"] = args.method or st["method"]
+        rows = st[args.study].get("rows")
+        if rows is None and args.method and len(args.method) > 1:
+            p.error(f"--study {args.study} trains one method (rows: --study methods ...)")
+        methods = args.method or ([*rows] if rows else [st["method"]])
+        if rows is not None:
+            unknown = sorted(set(methods) - set(rows))
+            if unknown:
+                p.error(f"studies.{args.study}.rows has no {unknown}; rows: {sorted(rows)}")
+            st[args.study]["rows"] = {m: rows[m] for m in methods}
+        else:
+            st["method"] = methods[0]
         own = [o for o in args.set if o.startswith("method.")]
         st["common"] += [o for o in args.set if o not in own]
-        if isinstance(st.get("method_overrides"), dict):
-            st["method_overrides"][method] = [*st["method_overrides"].get(method, []), *own]
+        for method in {rows[m]["method"] for m in methods} if rows else methods:
+            if isinstance(st.get("method_overrides"), dict):
+                st["method_overrides"][method] = [*st["method_overrides"].get(method, []), *own]
+            else:
+                st["method_overrides"] = [*st.get("method_overrides", []), *own]
+        if rows is not None:
+            cells = methods
         else:
-            st["method_overrides"] = [*st.get("method_overrides", []), *own]
-        masks = args.masks or (["gt", "global"] if method in IMAGE_BASELINE else ["global"])
+            twin = methods[0] in IMAGE_BASELINE
+            cells = args.masks or (["gt", "global"] if twin else ["global"])
         root = Path(tempfile.mkdtemp(prefix="bench-study-signal-"))
-        records = train_records(params, masks, args.seeds, root)
+        records = train_records(params, args.study, cells, args.seeds, root)
     report(records)
 
 

@@ -103,3 +103,25 @@ def test_a_stage_under_dvc_ends_with_dvc_through_a_surviving_dash(tmp_path):
             break
         time.sleep(0.1)
     assert not alive(shell)
+
+
+def test_a_worker_whose_parent_died_before_it_started_exits_at_once():
+    """A pool worker that reaches its initializer after the pool's process died has been
+    re-parented (to init): it must not wait for init's death, it exits at once."""
+    from detlab.platform.lifecycle import ORPHANED
+
+    code = (
+        "from detlab.platform.lifecycle import exit_with_parent; "
+        f"exit_with_parent(0.2, expected={os.getpid() + 10**6}); "  # not this child's parent
+        "import time; time.sleep(60)"
+    )
+    t0 = time.time()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == ORPHANED and time.time() - t0 < 30
+    assert "ended before this one started" in done.stderr
+    same = subprocess.run(
+        [sys.executable, "-c", code.replace(f"{os.getpid() + 10**6}", str(os.getpid())).replace(
+            "time.sleep(60)", "print('ran')")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert same.returncode == 0 and same.stdout.strip() == "ran"
