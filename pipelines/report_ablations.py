@@ -177,8 +177,8 @@ INTRO = {
         "(d: the gain over the seed std pooled over its row and random init's)."
     ),
     "methods_fmnist": (
-        "The method table on real photos: Fashion-MNIST (Debian's dataset-fashion-mnist; "
-        "60k train / 10k test, 10 classes, 32 px), pretrained on the train split without "
+        "The method table on real images: Fashion-MNIST (Zalando's product photos, from "
+        "Debian's dataset-fashion-mnist; 60k train / 10k test, 10 classes, 32 px), pretrained on the train split without "
         "labels, probed by a linear classifier on frozen pooled features (all 60k / 10k). "
         "DetCon trains on FH masks, SoCo on selective-search boxes (no ground truth here, so "
         "no mask quality). A row **learns** when its gain over random init has a CI above 0 "

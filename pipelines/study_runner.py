@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from detlab.methods.registry import IMAGE_BASELINE, title
+from detlab.pipelines.report_terms import METRIC_NAMES, headline_of
 from detlab.pipelines.study_cells import (
     DEFAULT_STUDIES,
     cell_name,
@@ -222,9 +223,10 @@ def run_one(params: dict, cell: Cell, metrics_root: Path, outputs_root: Path, ke
 
 
 def summary(record: dict) -> str:
+    """ ", <headline> <value>" of a finished cell (seg mIoU, else linear top-1)."""
     m = record.get("metrics", {})
-    score = m.get("seg_miou_objects", m.get("linear_top1"))
-    return "" if score is None else f", seg mIoU (objects) {score:.4f}"
+    key = headline_of(sorted(m)) if m else None
+    return "" if key not in m else f", {METRIC_NAMES[key]} {m[key]:.4f}"
 
 
 def retire(uri: str, record: dict, why: str, keep: bool = False) -> int:

@@ -206,6 +206,7 @@ def tiny_params():
             "simclr": {"method": "simclr", "mask": "global"},
             "detcon_s": {"method": "detcon_s", "mask": "gt"},
             "byol": {"method": "byol", "mask": "global"}})  # fmt: skip
+        st["methods_fmnist"]["data"]["max_per_split"] = 40  # images of each split exported
         st["methods_fmnist"].update(seeds=[0], resolution=32, probe_resolution=32, cells={},
                                     rows={"simclr": {"method": "simclr", "mask": "global"},
                                           "detcon_s": {"method": "detcon_s", "mask": "fh"}})  # fmt: skip

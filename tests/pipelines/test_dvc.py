@@ -230,3 +230,20 @@ def test_the_ablations_run_as_named_stages_reusing_the_default_studys_cells(tmp_
     assert list(soco["rows"]) == ["ss", "random_boxes"]
     assert soco["rows"]["random_boxes"]["abo"] == quality["random_boxes"]["abo"]
     assert [f["id"] for f in soco["findings"]] == ["ss_minus_random_boxes"]
+
+
+def test_the_fashion_mnist_method_table_runs_as_named_stages(tmp_path, tiny_params):
+    """`dvc repro ablations/dvc.yaml:methods_fmnist` (README, "Ablations"): Debian's
+    Fashion-MNIST exported (the first 40 images of each split here), its FH and ss mask
+    sets, then the method table on it with its own references and linear top-1 headline."""
+    work, params = scratch_repo(tmp_path, tiny_params)
+    ran, _ = repro(work, "ablations/dvc.yaml:methods_fmnist")
+    stages = ("fashion_mnist", "fashion_mnist_masks@fh", "fashion_mnist_masks@ss", "methods_fmnist")
+    assert ran == {f"ablations/dvc.yaml:{s}" for s in stages}
+    assert len(list((work / "data/fashion_mnist/train").rglob("*.png"))) == 40
+    summary = json.loads((work / "reports/ablations/methods_fmnist.json").read_text())["summary"]
+    assert summary["headline"] == "linear_top1" and list(summary["rows"]) == ["simclr", "detcon_s"]
+    assert set(summary["references"]) == {"random", "supervised"}
+    assert summary["chance"]["linear_top1"] == pytest.approx(0.1)
+    ran, _ = repro(work, "ablations/dvc.yaml:methods_fmnist")
+    assert ran == set()  # up to date

@@ -95,3 +95,26 @@ def test_the_global_cell_trains_the_methods_image_level_counterpart(method):
     params["studies"]["method"] = "detcon"
     with pytest.raises(ValueError, match="studies.method='detcon' is not a method"):
         cell_overrides(params, "mask_quality", "global", 0, 64)
+
+
+def test_a_study_on_its_own_data_swaps_in_its_data_masks_probes_and_references():
+    from detlab.pipelines.study_cells import cell_overrides, study_params
+    from detlab.pipelines.study_reference import reference_overrides
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert study_params(params, ("mask_quality", "resolution")) is params  # untouched
+    spec = params["studies"]["methods_fmnist"]
+    own = study_params(params, ("methods_fmnist",))
+    assert own["prepare"]["out"] == spec["data"]["root"] and own["quality_dir"] is None
+    assert own["studies"]["evals"] == spec["evals"] != params["studies"]["evals"]
+    assert own["studies"]["references"]["kinds"] == spec["references"]
+    cell = cell_overrides(own, "methods_fmnist", "detcon_b", 0, 32)
+    assert {"data=fashion_mnist", f"data.root={spec['data']['root']}", "method=detcon_b",
+            f"masks.path={spec['data']['masks']}/fh", "train.steps=2400"} <= set(cell)  # fmt: skip
+    assert "aug.resolution=32" in reference_overrides(own, 0)
+    assert params["prepare"]["out"] != spec["data"]["root"]  # the caller's params unchanged
+    with pytest.raises(ValueError, match="stage of its own"):
+        study_params(params, ("methods", "methods_fmnist"))
+    del spec["data"]["masks"]
+    with pytest.raises(ValueError, match=r"lacks \['masks'\]"):
+        study_params(params, ("methods_fmnist",))
