@@ -124,6 +124,13 @@ def description(st: dict, study: str) -> str:
     return DESCRIPTIONS[study].format(method=title(method), baseline=baseline)
 
 
+def cell_steps(params: dict, study: str, mask: str, resolution: int) -> int:
+    """The pretraining steps a cell's overrides set (the last ``train.steps=``; 600 if none)."""
+    found = [o.split("=", 1)[1] for o in cell_overrides(params, study, mask, 0, resolution)
+             if o.startswith("train.steps=")]  # fmt: skip
+    return int(found[-1]) if found else 600
+
+
 def plan(params: dict, studies: tuple[str, ...] = DEFAULT_STUDIES) -> list[Cell]:
     """Every cell of ``studies`` and every reference in ``params``, longest first."""
     st = params["studies"]
@@ -136,8 +143,9 @@ def plan(params: dict, studies: tuple[str, ...] = DEFAULT_STUDIES) -> list[Cell]
         for mask in spec.get("rows") or spec["masks"]:
             per_pixel = METHOD_COST.get(cell_row(params, study, mask)[0], 1.0)
             for res in resolutions:
+                steps = cell_steps(params, study, mask, int(res))
                 for seed in spec["seeds"]:
-                    cost = 0.2 + (int(res) / 64) ** 2 * per_pixel  # pretraining ~ pixels
+                    cost = 0.2 + (int(res) / 64) ** 2 * per_pixel * steps / 600  # ~ pixels x steps
                     cells.append(Cell(study, cell_name(study, mask, seed, res), int(seed), mask,
                                       int(res), cost=cost))  # fmt: skip
     refs = st.get("references", {}) or {}
