@@ -37,7 +37,14 @@ from detlab.pipelines.report import (
 from detlab.pipelines.report_markdown import fci, fnum, fstat, table
 from detlab.pipelines.report_mlflow import row_metrics
 from detlab.pipelines.report_plots import draw_references, finish, panels
-from detlab.pipelines.report_terms import HEADLINE, LEVEL, METRIC_NAMES, REFERENCES, headline_of
+from detlab.pipelines.report_terms import (
+    HEADLINE,
+    LEVEL,
+    METRIC_NAMES,
+    REFERENCES,
+    headline_of,
+    steps_in,
+)
 from detlab.pipelines.stats import ladder_slope, pooled_std
 
 LEARNS_D = 3.0  # a method "learns" when its gain over random init is >= this many pooled std
@@ -68,10 +75,7 @@ def rows_of(cells: list[dict], keys: list[str], order: list[str] | None = None) 
 
 
 def steps_of(record: dict) -> int | None:
-    found = [
-        o.split("=", 1)[1] for o in record.get("overrides", []) if o.startswith("train.steps=")
-    ]
-    return int(found[-1]) if found else None
+    return steps_in(record.get("overrides", []))
 
 
 def gains(rows: dict[str, dict], refs: dict[str, dict], metric: str = HEADLINE) -> None:
@@ -178,8 +182,8 @@ INTRO = {
     ),
     "methods_fmnist": (
         "The method table on real images: Fashion-MNIST (Zalando's product photos, from "
-        "Debian's dataset-fashion-mnist; 60k train / 10k test, 10 classes, 32 px), pretrained on the train split without "
-        "labels, probed by a linear classifier on frozen pooled features (all 60k / 10k). "
+        "Debian's dataset-fashion-mnist; 60k train / 10k test, 10 classes, 32 px), "
+        "pretrained on the train split without labels, probed by a linear classifier on frozen pooled features (all 60k / 10k). "
         "DetCon trains on FH masks, SoCo on selective-search boxes (no ground truth here, so "
         "no mask quality). A row **learns** when its gain over random init has a CI above 0 "
         f"and d ≥ {LEARNS_D:.0f}."
@@ -241,7 +245,7 @@ def markdown(s: dict) -> str:
 # ---------------------------------------------------------------- plot
 def plot(s: dict, out: Path) -> None:
     caption = "points: seeds; bars: mean ± 1 std over seeds; grey: random init ± 1 std"
-    h = s.get("headline", HEADLINE)
+    h = s["headline"]
     name = METRIC_NAMES[h]
     if s["study"] == "mask_count":
         specs = [("quality", "abo", "mask quality (ABO), region count fixed"),

@@ -36,3 +36,9 @@ def headline_of(keys: list[str]) -> str:
     """A study's headline metric: the object-level seg mIoU where its probes measured it,
     else the first finding metric they did (linear top-1 on a classification dataset)."""
     return main_metrics(keys)[0]
+
+
+def steps_in(overrides: list[str]) -> int | None:
+    """The pretraining steps ``overrides`` set (the last ``train.steps=``; None if none)."""
+    found = [o.split("=", 1)[1] for o in overrides if o.startswith("train.steps=")]
+    return int(found[-1]) if found else None

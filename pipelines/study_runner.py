@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from detlab.methods.registry import IMAGE_BASELINE, title
-from detlab.pipelines.report_terms import METRIC_NAMES, headline_of
+from detlab.pipelines.report_terms import METRIC_NAMES, headline_of, steps_in
 from detlab.pipelines.study_cells import (
     DEFAULT_STUDIES,
     cell_name,
@@ -125,10 +125,8 @@ def description(st: dict, study: str) -> str:
 
 
 def cell_steps(params: dict, study: str, mask: str, resolution: int) -> int:
-    """The pretraining steps a cell's overrides set (the last ``train.steps=``; 600 if none)."""
-    found = [o.split("=", 1)[1] for o in cell_overrides(params, study, mask, 0, resolution)
-             if o.startswith("train.steps=")]  # fmt: skip
-    return int(found[-1]) if found else 600
+    """The pretraining steps a cell's overrides set (600 if none)."""
+    return steps_in(cell_overrides(params, study, mask, 0, resolution)) or 600
 
 
 def plan(params: dict, studies: tuple[str, ...] = DEFAULT_STUDIES) -> list[Cell]:

@@ -1,6 +1,6 @@
 """The supervised reference of a study: the same backbone trained on the labels (segmentation
-where the data has it, else image classes) with the same budget as a pretraining cell (steps x batch, resolution, crop augmentation),
-then probed exactly like the pretrained cells. It bounds from above what label-free
+where the data has it, else image classes) with the same budget as a pretraining cell
+(steps x batch, resolution, crop augmentation), then probed exactly like the pretrained cells. It bounds from above what label-free
 pretraining can be expected to reach at this budget; a random init bounds it from below."""
 
 from __future__ import annotations
@@ -35,9 +35,8 @@ def train_supervised(
     AdamW, one-cycle schedule, paired random-resized-crop + flip of image and labels;
     returns the backbone (the head is dropped: the probes fit their own)."""
     semantic = bool(train_images.has_semantic)
-    size = int(
-        round(resolution * 1.25)
-    )  # images at 1.25x the training resolution: crops keep detail
+    # images at 1.25x the training resolution: crops keep detail
+    size = int(round(resolution * 1.25))
     if semantic:
         x, y = load_split(train_images, size)
         head = nn.Conv2d(backbone.out_channels, int(train_images.num_seg_classes), 1)
