@@ -7,7 +7,8 @@ row beside the references (random init, supervised, chance), every claim with it
 - ``mask_count``: mask quality at a fixed region count (a ladder of warped ground truth) and
   region count at a fixed purity (ground truth split into parts); each ladder's slope with
   a Student-t CI over the per-seed slopes and an exact within-seed permutation p.
-- ``soco_proposals``: SoCo with selective-search, ground-truth and random boxes.
+- ``soco_proposals``: SoCo with selective-search, ground-truth and random boxes;
+  ``soco_proposals_fmnist`` the same on Fashion-MNIST (the object's box as ground truth).
 - ``methods``: every method against random init; "learns" needs the CI of its gain above 0
   and d >= 3 (the gain over the seed std pooled over the method's and random init's rows).
 
@@ -50,7 +51,7 @@ from detlab.pipelines.stats import ladder_slope, pooled_std
 LEARNS_D = 3.0  # a method "learns" when its gain over random init is >= this many pooled std
 SHOWN = (HEADLINE, "seg_iou_background", "linear_top1", "knn_top1")
 QUALITY_STEP = 0.1  # the quality slope is read per +0.1 ABO
-ABLATIONS = ("mask_count", "soco_proposals", "methods", "methods_fmnist")
+ABLATIONS = ("mask_count", "soco_proposals", "methods", "methods_fmnist", "soco_proposals_fmnist")
 
 
 # ---------------------------------------------------------------- summaries
@@ -139,6 +140,8 @@ def summarise(study: str, cells: list[dict], refs: list[dict], params: dict | No
     pairs = {
         "soco_proposals": [("gt_boxes", "random_boxes"), ("ss", "random_boxes"),
                            ("gt_boxes", "ss")],
+        "soco_proposals_fmnist": [("object_box", "random_boxes"), ("ss", "random_boxes"),
+                                  ("object_box", "ss")],
         "methods": methods,
         "methods_fmnist": methods,
     }.get(study, [])  # fmt: skip
@@ -174,6 +177,13 @@ INTRO = {
         "SoCo's proposals: selective-search boxes (its published source), the ground-truth "
         "object boxes, and random boxes of SoCo's filtered sizes (the paper: random boxes "
         "diverge at ImageNet scale). Box ABO: best box IoU per object."
+    ),
+    "soco_proposals_fmnist": (
+        "SoCo's proposals on Fashion-MNIST (60k train images, 32 px, linear probe on frozen "
+        "features), where SoCo learns (on the shapes it stays at random init): selective-search "
+        "boxes, the object's own box (the tight box of its pixels on the black background: "
+        "one box per image, the ground truth), and random boxes of SoCo's filtered sizes. Box "
+        "ABO: best box IoU with the object's box."
     ),
     "methods": (
         "Every method at the same data, backbone, budget and probe, against random init. A "

@@ -119,7 +119,13 @@ def cell_overrides(params: dict, study: str, mask: str, seed: int, resolution: i
 
 
 DEFAULT_STUDIES = ("mask_quality", "resolution")  # the `studies` stage (default `dvc repro`)
-ABLATIONS = ("mask_count", "soco_proposals", "methods", "methods_fmnist")  # ablations/dvc.yaml
+ABLATIONS = (
+    "mask_count",
+    "soco_proposals",
+    "methods",
+    "methods_fmnist",
+    "soco_proposals_fmnist",
+)  # ablations/dvc.yaml
 STUDIES = DEFAULT_STUDIES + ABLATIONS
 HEALTH = ("loss", "rep_std", "knn_top1")  # last logged values of the pretraining run
 
@@ -128,8 +134,9 @@ def study_params(params: dict, studies: tuple[str, ...]) -> dict:
     """The params a stage of ``studies`` runs with. A study on a dataset of its own
     (``studies.<study>.data: {config, root, masks}``, e.g. Fashion-MNIST) runs alone in its
     stage: its dataset, mask folder, probes (``evals``, ``probe_resolution``) and reference
-    kinds replace the shared ones, and its mask sets have no measured quality (no ground
-    truth). Any other stage's params are returned as they are."""
+    kinds replace the shared ones; its mask sets' quality is read from ``data.quality`` when
+    given (box sets measured against a box store of ground truth), else not measured. Any
+    other stage's params are returned as they are."""
     own = [s for s in studies if ((params["studies"].get(s) or {}).get("data"))]
     if not own:
         return params
@@ -146,7 +153,7 @@ def study_params(params: dict, studies: tuple[str, ...]) -> dict:
     out = copy.deepcopy(params)
     out["prepare"] = {**out.get("prepare", {}), "out": data["root"]}
     out["masks"] = {**out.get("masks", {}), "out": data["masks"]}
-    out["quality_dir"] = None  # no ground truth: no mask quality
+    out["quality_dir"] = data.get("quality")  # None: no ground truth, no mask quality
     st = out["studies"]
     st["common"] = [*st["common"], f"data={data['config']}"]
     st.update({k: spec[k] for k in ("evals", "probe_resolution") if k in spec})

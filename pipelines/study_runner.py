@@ -83,6 +83,8 @@ DESCRIPTIONS = {  # each study experiment's description in the MLflow UI
     ),
     "soco_proposals": "{method} with selective-search, ground-truth and random boxes (box "
     "ABO: `mask_abo`); the parent run `study: soco_proposals` holds the report.",
+    "soco_proposals_fmnist": "{method} on Fashion-MNIST with selective-search, object and "
+    "random boxes (box ABO against the object's box: `mask_abo`; read `linear_top1`).",
     "methods": (
         "Every method at the same budget against random init (the references), 3 seeds "
         "each; the parent run `study: methods` holds the table with each gain's CI."

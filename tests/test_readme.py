@@ -41,7 +41,13 @@ ELSEWHERE = {  # command -> where it runs
     "python3 -m pytest": ".ci/run (this suite)",
     **{
         f"dvc repro ablations/dvc.yaml:{study}": "tests/pipelines/test_dvc.py, with tiny params"
-        for study in ("mask_count", "soco_proposals", "methods", "methods_fmnist")
+        for study in (
+            "mask_count",
+            "soco_proposals",
+            "methods",
+            "methods_fmnist",
+            "soco_proposals_fmnist",
+        )
     },
     "python3 -m pytest -m faults -s": "a part of `python3 -m pytest` (.ci/run)",
     "dvc repro masks@fh": "tests/pipelines/test_masks_slurm.py, with masks.cluster: slurm, "

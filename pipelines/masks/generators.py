@@ -19,6 +19,9 @@ Controlled mask sets, for studies that vary one factor at a time (``mask_count``
   of about equal area (a count ladder: every piece lies inside one object, purity 1).
 - ``gt_boxes`` / ``random_boxes``: SoCo proposals from the ground truth, or random boxes
   passing SoCo's size filter (the proposal-quality ablation).
+- ``object_box``: one box, tight around the pixels brighter than ``threshold``: the
+  ground-truth box of a dataset of single objects on a dark plain background
+  (Fashion-MNIST, which has no annotations to read it from).
 
 A mask set in ``params.yaml`` (``masks.methods.<name>``) runs the generator of its own name,
 or the one its ``generator`` key names (``gt_warp8: {generator: gt_warp, amplitude: 8}``).
@@ -51,10 +54,11 @@ DEFAULTS: dict[str, dict] = {
     "gt_split": {"parts": 2},
     "gt_boxes": {},
     "random_boxes": {"n": 8, "min_scale": 0.3, "max_scale": 0.8, "max_ratio": 3.0, "seed": 0},
+    "object_box": {"threshold": 16},
 }
 KIND = {"grid": "mask", "fh": "mask", "slic": "mask", "gt": "mask", "ss": "boxes",
         "global": "mask", "gt_warp": "mask", "gt_split": "mask", "gt_boxes": "boxes",
-        "random_boxes": "boxes"}  # fmt: skip
+        "random_boxes": "boxes", "object_box": "boxes"}  # fmt: skip
 NEEDS_INSTANCES = ("gt", "gt_warp", "gt_split", "gt_boxes")
 
 
@@ -157,6 +161,17 @@ def random_boxes(height: int, width: int, rng: np.random.Generator, n=8, min_sca
     return np.stack([x0, y0, x0 + bw, y0 + bh], 1).astype(np.float32)
 
 
+def object_box(image: np.ndarray, threshold: int = 16) -> np.ndarray:
+    """image [H, W, C] uint8 -> [1, 4] float32 xyxy: the box of the pixels above
+    ``threshold`` in any channel (pixel edges, so one pixel is a 1x1 box); an image with no
+    such pixel is its own box."""
+    h, w = image.shape[:2]
+    ys, xs = np.nonzero(image.reshape(h, w, -1).max(-1) > threshold)
+    if not len(xs):
+        return np.array([[0, 0, w, h]], np.float32)
+    return np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], np.float32)
+
+
 def generate_one(method: str, params: dict, dataset, index: int) -> np.ndarray:
     """The mask (or boxes) of image ``index`` of ``dataset``; ``method``: the generator."""
     r = dataset.records[index]
@@ -183,4 +198,6 @@ def generate_one(method: str, params: dict, dataset, index: int) -> np.ndarray:
         return slic_masks(image, **params)
     if method == "ss":
         return soco_proposals(image, **params)
+    if method == "object_box":
+        return object_box(image, **params)
     raise ValueError(f"unknown mask method {method!r}; choose one of {sorted(KIND)}")

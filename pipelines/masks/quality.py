@@ -10,6 +10,9 @@ to MLflow (experiment ``mask-quality``, one run per mask set) with a PNG grid of
 
     python -m detlab.pipelines.masks.quality --masks data/masks/fh --data data/shapes \
         --out metrics/mask_quality/fh.json --plot reports/masks/fh.png
+
+A dataset without annotations may name its ground-truth boxes as a box store of its own
+(``--gt-boxes data/fashion_mnist_masks/object_box``: the object's box on a plain background).
 """
 
 from __future__ import annotations
@@ -57,11 +60,15 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area(a)[:, None] + area(b)[None] - inter, 1e-9)
 
 
-def measure(store: MaskStore, dataset, progress: bool = False) -> dict[str, float]:
+def measure(store: MaskStore, dataset, progress: bool = False,
+            gt: MaskStore | None = None) -> dict[str, float]:  # fmt: skip
+    """``gt``: a box store read as the ground-truth boxes (else the dataset's annotations)."""
+    if gt is not None and store.kind != "boxes":
+        raise ValueError(f"{store.path}: ground-truth boxes measure box proposals, not masks")
     best, counts, pure = [], [], []
     for i in tqdm(range(len(dataset)), desc="mask quality", disable=not progress):
         if store.kind == "boxes":
-            gt_boxes, _ = dataset.boxes(i)
+            gt_boxes = gt.boxes(i) if gt is not None else dataset.boxes(i)[0]
             boxes = store.boxes(i)
             counts.append(len(boxes))
             if len(gt_boxes):
@@ -147,13 +154,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="train")
     p.add_argument("--out", required=True)
     p.add_argument("--plot", default=None)
+    p.add_argument("--gt-boxes", default=None,
+                   help="a box store of the same images read as their ground-truth boxes")  # fmt: skip
     p.add_argument(
         "--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
     )
     a = p.parse_args(argv)
     dataset = open_dataset(a.data, a.split)
     store = MaskStore.open(a.masks, dataset)
-    metrics = measure(store, dataset, progress=True)
+    gt = MaskStore.open(a.gt_boxes, dataset) if a.gt_boxes else None
+    if gt is not None and gt.kind != "boxes":
+        raise SystemExit(f"--gt-boxes {a.gt_boxes} holds {gt.kind}, not boxes")
+    metrics = measure(store, dataset, progress=True, gt=gt)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(metrics, indent=1) + "\n")  # first: nothing computed is lost

@@ -9,6 +9,7 @@ effect-to-noise ratios the study's acceptance rests on, for a few cells and seed
     python tests/benchmarks/bench_study_signal.py --method soco --masks ss
     python tests/benchmarks/bench_study_signal.py --method vicreg           # global only
     python tests/benchmarks/bench_study_signal.py --study methods_fmnist --method byol soco
+    python tests/benchmarks/bench_study_signal.py --study soco_proposals_fmnist --masks ss object_box
 
 Training runs the real study code (``detlab.pipelines.study``) with ``params.yaml``'s protocol
 on the dataset and masks that ``dvc repro`` built (``data/``), into a temporary folder and a

@@ -209,7 +209,9 @@ def tiny_params():
         st["methods_fmnist"]["data"]["max_per_split"] = 40  # images of each split exported
         st["methods_fmnist"].update(seeds=[0], resolution=32, probe_resolution=32, cells={},
                                     rows={"simclr": {"method": "simclr", "mask": "global"},
-                                          "detcon_s": {"method": "detcon_s", "mask": "fh"}})  # fmt: skip
+                                          "detcon_s": {"method": "detcon_s", "mask": "fh"},
+                                          "soco": {"method": "soco", "mask": "ss"}})  # fmt: skip
+        st["soco_proposals_fmnist"].update(masks=["ss", "random_boxes"], seeds=[0], cells={})
         st["probe_resolution"] = 32
         return params
 

@@ -234,16 +234,39 @@ def test_the_ablations_run_as_named_stages_reusing_the_default_studys_cells(tmp_
 
 def test_the_fashion_mnist_method_table_runs_as_named_stages(tmp_path, tiny_params):
     """`dvc repro ablations/dvc.yaml:methods_fmnist` (README, "Ablations"): Debian's
-    Fashion-MNIST exported (the first 40 images of each split here), its FH and ss mask
-    sets, then the method table on it with its own references and linear top-1 headline."""
+    Fashion-MNIST exported (the first 40 images of each split here), its mask sets and the
+    box sets' quality against the object's box, then the method table on it with its own
+    references and linear top-1 headline; then SoCo's proposal table, which copies the
+    table's SoCo row and references and trains only its other box sets."""
     work, params = scratch_repo(tmp_path, tiny_params)
     ran, _ = repro(work, "ablations/dvc.yaml:methods_fmnist")
-    stages = ("fashion_mnist", "fashion_mnist_masks@fh", "fashion_mnist_masks@ss", "methods_fmnist")
+    sets = ("fh", "ss", "object_box", "random_boxes")
+    stages = ("fashion_mnist", *(f"fashion_mnist_masks@{m}" for m in sets),
+              *(f"fashion_mnist_quality@{m}" for m in sets[1:]), "methods_fmnist")  # fmt: skip
     assert ran == {f"ablations/dvc.yaml:{s}" for s in stages}
     assert len(list((work / "data/fashion_mnist/train").rglob("*.png"))) == 40
     summary = json.loads((work / "reports/ablations/methods_fmnist.json").read_text())["summary"]
-    assert summary["headline"] == "linear_top1" and list(summary["rows"]) == ["simclr", "detcon_s"]
+    assert summary["headline"] == "linear_top1"
+    assert list(summary["rows"]) == ["simclr", "detcon_s", "soco"]
     assert set(summary["references"]) == {"random", "supervised"}
     assert summary["chance"]["linear_top1"] == pytest.approx(0.1)
+    quality = {m: json.loads((work / f"metrics/fashion_mnist_quality/{m}.json").read_text())
+               for m in sets[1:]}  # fmt: skip
+    assert quality["object_box"]["abo"] == 1.0 and quality["object_box"]["masks_per_image"] == 1
+    assert (
+        0 < quality["random_boxes"]["abo"] < 1 and quality["random_boxes"]["masks_per_image"] == 8
+    )
+    assert summary["rows"]["soco"]["abo"] == quality["ss"]["abo"]
     ran, _ = repro(work, "ablations/dvc.yaml:methods_fmnist")
     assert ran == set()  # up to date
+
+    ran, _ = repro(work, "ablations/dvc.yaml:soco_proposals_fmnist")
+    assert ran == {"ablations/dvc.yaml:soco_proposals_fmnist"}
+    cells = work / "metrics/ablations/soco_proposals_fmnist/soco_proposals_fmnist"
+    assert "copied_from" in json.loads((cells / "ss-s0.json").read_text())  # the SoCo row
+    assert "copied_from" not in json.loads((cells / "random_boxes-s0.json").read_text())
+    soco = json.loads((work / "reports/ablations/soco_proposals_fmnist.json").read_text())
+    soco = soco["summary"]
+    assert list(soco["rows"]) == ["ss", "random_boxes"] and soco["headline"] == "linear_top1"
+    assert soco["rows"]["random_boxes"]["abo"] == quality["random_boxes"]["abo"]
+    assert [f["id"] for f in soco["findings"]] == ["ss_minus_random_boxes"]

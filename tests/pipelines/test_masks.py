@@ -180,6 +180,26 @@ def test_random_boxes_have_socos_sizes_inside_the_image():
     assert (w / h).max() <= 3.0 + 1e-3 and (w / h).min() >= 1 / 3 - 1e-3
 
 
+def test_object_box_is_the_tight_box_of_the_bright_pixels():
+    from detlab.pipelines.masks.generators import KIND, generate_one, object_box
+
+    image = np.zeros((32, 40, 3), np.uint8)
+    image[5:20, 7:31, 1] = 200  # the object, in one channel
+    image[25, 2, 0] = 10  # faint noise below the threshold
+    assert object_box(image).tolist() == [[7, 5, 31, 20]]  # pixel edges
+    assert object_box(image, threshold=5).tolist() == [[2, 5, 31, 26]]  # the noise counts
+    assert object_box(np.zeros((32, 40, 3), np.uint8)).tolist() == [[0, 0, 40, 32]]
+
+    class One:  # generate_one's view of a dataset
+        records = [None]
+
+        def load_image(self, index):
+            return image
+
+    assert generate_one("object_box", {"threshold": 16}, One(), 0).tolist() == [[7, 5, 31, 20]]
+    assert KIND["object_box"] == "boxes"
+
+
 def test_a_named_mask_set_runs_its_generator_with_its_params(tiny_shapes, tmp_path):
     from detlab.pipelines.masks.run import main
 

@@ -70,3 +70,26 @@ def test_purity_hand_case():
     assert purity(split, inst) == 1.0  # every mask inside one region
     straddle = np.array([[0, 0, 0, 1]] * 4)  # mask 0: 8 object px + 4 background px
     assert purity(straddle, inst) == pytest.approx((8 + 4) / 16)
+
+
+def test_boxes_measured_against_a_box_store_of_ground_truth(tiny_fmnist, tmp_path):
+    """A dataset without annotations (Fashion-MNIST) names its ground-truth boxes as a
+    store: ABO is the best box IoU per image's object box, by hand on two cases."""
+    from detlab.methods.datasets.mask_store import write_store
+
+    ds = open_dataset(tiny_fmnist, "train")
+    truth = write_store(tmp_path / "truth", ds, "boxes",
+                        lambda i: np.array([[0, 0, 4, 4]], np.float32))  # fmt: skip
+    props = write_store(tmp_path / "props", ds, "boxes",
+                        lambda i: np.array([[0, 0, 2, 2], [0, 0, 4, 2]], np.float32))  # fmt: skip
+    q = measure(MaskStore.open(props, ds), ds, gt=MaskStore.open(truth, ds))
+    assert q["abo"] == pytest.approx(0.5) and q["recall50"] == 1.0  # 8 / 16 px, twice
+    assert q["masks_per_image"] == 2.0 and q["num_objects"] == len(ds)
+    out = tmp_path / "q.json"
+    assert main(["--masks", str(props), "--data", str(tiny_fmnist), "--out", str(out),
+                 "--gt-boxes", str(truth), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 0  # fmt: skip
+    assert json.loads(out.read_text())["abo"] == pytest.approx(0.5)
+    with pytest.raises(SystemExit, match="not boxes"):
+        main(["--masks", str(props), "--data", str(tiny_fmnist), "--out", str(out),
+              "--gt-boxes", str(write_store(tmp_path / "m", ds, "mask",
+                                            lambda i: np.zeros((32, 32), np.uint8)))])  # fmt: skip

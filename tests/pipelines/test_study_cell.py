@@ -105,7 +105,8 @@ def test_a_study_on_its_own_data_swaps_in_its_data_masks_probes_and_references()
     assert study_params(params, ("mask_quality", "resolution")) is params  # untouched
     spec = params["studies"]["methods_fmnist"]
     own = study_params(params, ("methods_fmnist",))
-    assert own["prepare"]["out"] == spec["data"]["root"] and own["quality_dir"] is None
+    assert own["prepare"]["out"] == spec["data"]["root"]
+    assert own["quality_dir"] == spec["data"]["quality"]  # box sets against object_box
     assert own["studies"]["evals"] == spec["evals"] != params["studies"]["evals"]
     assert own["studies"]["references"]["kinds"] == spec["references"]
     cell = cell_overrides(own, "methods_fmnist", "detcon_b", 0, 32)
@@ -115,6 +116,13 @@ def test_a_study_on_its_own_data_swaps_in_its_data_masks_probes_and_references()
     assert params["prepare"]["out"] != spec["data"]["root"]  # the caller's params unchanged
     with pytest.raises(ValueError, match="stage of its own"):
         study_params(params, ("methods", "methods_fmnist"))
+    del spec["data"]["quality"]
+    assert study_params(params, ("methods_fmnist",))["quality_dir"] is None  # not measurable
+    proposals = params["studies"]["soco_proposals_fmnist"]  # the same data (a YAML alias)
+    cell = cell_overrides(study_params(params, ("soco_proposals_fmnist",)),
+                          "soco_proposals_fmnist", "ss", 0, 32)  # fmt: skip
+    assert cell == cell_overrides(own, "methods_fmnist", "soco", 0, 32)  # so it is copied
+    assert proposals["masks"] == ["ss", "object_box", "random_boxes"]
     del spec["data"]["masks"]
     with pytest.raises(ValueError, match=r"lacks \['masks'\]"):
         study_params(params, ("methods_fmnist",))
