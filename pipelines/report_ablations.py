@@ -39,6 +39,7 @@ from detlab.pipelines.report_markdown import fci, fnum, fstat, table
 from detlab.pipelines.report_mlflow import row_metrics
 from detlab.pipelines.report_plots import draw_references, finish, panels
 from detlab.pipelines.report_terms import (
+    ABLATIONS,
     HEADLINE,
     LEVEL,
     METRIC_NAMES,
@@ -51,7 +52,6 @@ from detlab.pipelines.stats import ladder_slope, pooled_std
 LEARNS_D = 3.0  # a method "learns" when its gain over random init is >= this many pooled std
 SHOWN = (HEADLINE, "seg_iou_background", "linear_top1", "knn_top1")
 QUALITY_STEP = 0.1  # the quality slope is read per +0.1 ABO
-ABLATIONS = ("mask_count", "soco_proposals", "methods", "methods_fmnist", "soco_proposals_fmnist")
 
 
 # ---------------------------------------------------------------- summaries
@@ -70,13 +70,9 @@ def rows_of(cells: list[dict], keys: list[str], order: list[str] | None = None) 
         row |= {k: first.get(k) for k in ("masks", "purity", "masks_per_image")}
         wall = [c["pretrain_seconds"] for c in cs if c.get("pretrain_seconds") is not None]
         row["pretrain_seconds"] = float(np.mean(wall)) if wall else None
-        row["steps"] = steps_of(first)
+        row["steps"] = steps_in(first.get("overrides", []))
         rows[name] = row
     return rows
-
-
-def steps_of(record: dict) -> int | None:
-    return steps_in(record.get("overrides", []))
 
 
 def gains(rows: dict[str, dict], refs: dict[str, dict], metric: str = HEADLINE) -> None:
@@ -194,8 +190,8 @@ INTRO = {
         "The method table on real images: Fashion-MNIST (Zalando's product photos, from "
         "Debian's dataset-fashion-mnist; 60k train / 10k test, 10 classes, 32 px), "
         "pretrained on the train split without labels, probed by a linear classifier on frozen pooled features (all 60k / 10k). "
-        "DetCon trains on FH masks, SoCo on selective-search boxes (no ground truth here, so "
-        "no mask quality). A row **learns** when its gain over random init has a CI above 0 "
+        "DetCon trains on FH masks, SoCo on selective-search boxes (no annotations here: box "
+        "ABO against each image's object box, no mask quality for FH). A row **learns** when its gain over random init has a CI above 0 "
         f"and d ≥ {LEARNS_D:.0f}."
     ),
 }

@@ -42,3 +42,7 @@ def steps_in(overrides: list[str]) -> int | None:
     """The pretraining steps ``overrides`` set (the last ``train.steps=``; None if none)."""
     found = [o.split("=", 1)[1] for o in overrides if o.startswith("train.steps=")]
     return int(found[-1]) if found else None
+
+
+# the named stages of ablations/dvc.yaml (the runner's studies and the ablation report's)
+ABLATIONS = ("mask_count", "soco_proposals", "methods", "methods_fmnist", "soco_proposals_fmnist")

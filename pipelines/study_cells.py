@@ -30,6 +30,7 @@ from detlab.methods.datasets import open_dataset
 from detlab.methods.eval import eval_params
 from detlab.methods.registry import IMAGE_BASELINE, METHODS
 from detlab.pipelines.masks.generators import KIND, split_params
+from detlab.pipelines.report_terms import ABLATIONS
 from detlab.pipelines.study_views import axis_params
 from detlab.platform.checkpoint import load_backbone
 from detlab.platform.compose import compose, group_options
@@ -119,13 +120,6 @@ def cell_overrides(params: dict, study: str, mask: str, seed: int, resolution: i
 
 
 DEFAULT_STUDIES = ("mask_quality", "resolution")  # the `studies` stage (default `dvc repro`)
-ABLATIONS = (
-    "mask_count",
-    "soco_proposals",
-    "methods",
-    "methods_fmnist",
-    "soco_proposals_fmnist",
-)  # ablations/dvc.yaml
 STUDIES = DEFAULT_STUDIES + ABLATIONS
 HEALTH = ("loss", "rep_std", "knn_top1")  # last logged values of the pretraining run
 
