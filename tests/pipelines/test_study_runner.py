@@ -210,21 +210,22 @@ def test_an_ablation_copies_the_cells_another_stage_already_trained(study_params
 def test_a_study_on_its_own_dataset_trains_probes_and_reports_there(tiny_fmnist, tiny_params,
                                                                     tmp_path):  # fmt: skip
     """methods_fmnist: its cells and references read Fashion-MNIST (not the shapes), its
-    probe is the linear classifier, its supervised reference learns the image classes, its
-    mask sets have no quality (no ground truth), and its report's headline is linear top-1."""
+    probe is the linear classifier, its supervised reference learns the image classes, a mask
+    set without a quality file has no ABO, and its report's headline is linear top-1."""
     from detlab.pipelines.masks import generate
     from detlab.pipelines.report_ablations import write
 
     params = tiny_params(repo_params(), tmp_path)
     spec = params["studies"]["methods_fmnist"]
     spec["data"].update(root=str(tiny_fmnist), masks=str(tmp_path / "fm_masks"))
-    generate("fh", tiny_fmnist, tmp_path / "fm_masks" / "fh", workers=1, progress=False)
+    for mask_set in ("fh", "ss"):  # the rows' masks (DetCon-S on FH, SoCo on selective search)
+        generate(mask_set, tiny_fmnist, tmp_path / "fm_masks" / mask_set, workers=1, progress=False)
     metrics, outputs = tmp_path / "metrics", tmp_path / "outputs"
     with pytest.raises(ValueError, match="stage of its own"):
         run_studies(params, metrics, outputs, jobs=1, studies=("methods", "methods_fmnist"))
     result = run_studies(params, metrics, outputs, jobs=1, studies=("methods_fmnist",))
     assert sorted(result["ran"]) == [
-        "methods_fmnist detcon_s-s0", "methods_fmnist simclr-s0",
+        "methods_fmnist detcon_s-s0", "methods_fmnist simclr-s0", "methods_fmnist soco-s0",
         "references random-s0", "references supervised-s0"]  # fmt: skip
     cell = json.loads((metrics / "methods_fmnist/detcon_s-s0.json").read_text())
     assert {"data=fashion_mnist", f"data.root={tiny_fmnist}", "aug.resolution=32",
@@ -236,7 +237,7 @@ def test_a_study_on_its_own_dataset_trains_probes_and_reports_there(tiny_fmnist,
     assert all(f"data.root={tiny_fmnist}" in r["overrides"] for r in refs.values())
     assert refs["supervised"]["metrics"] != refs["random"]["metrics"]  # it trained
     s = write("methods_fmnist", metrics, tmp_path / "reports", params)
-    assert s["headline"] == "linear_top1" and list(s["rows"]) == ["simclr", "detcon_s"]
+    assert s["headline"] == "linear_top1" and list(s["rows"]) == ["simclr", "detcon_s", "soco"]
     assert all("vs_random" in r for r in s["rows"].values())
     report = (tmp_path / "reports/methods_fmnist.md").read_text()
     assert "Fashion-MNIST" in report and "linear top-1" in report
