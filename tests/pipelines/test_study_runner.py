@@ -218,7 +218,7 @@ def test_a_study_on_its_own_dataset_trains_probes_and_reports_there(tiny_fmnist,
     params = tiny_params(repo_params(), tmp_path)
     spec = params["studies"]["methods_fmnist"]
     spec["data"].update(root=str(tiny_fmnist), masks=str(tmp_path / "fm_masks"))
-    for mask_set in ("fh", "ss"):  # the rows' masks (DetCon-S on FH, SoCo on selective search)
+    for mask_set in {row["mask"] for row in spec["rows"].values()} - {"global"}:  # fh, ss
         generate(mask_set, tiny_fmnist, tmp_path / "fm_masks" / mask_set, workers=1, progress=False)
     metrics, outputs = tmp_path / "metrics", tmp_path / "outputs"
     with pytest.raises(ValueError, match="stage of its own"):
