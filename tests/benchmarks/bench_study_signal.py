@@ -5,9 +5,9 @@ effect-to-noise ratios the study's acceptance rests on, for a few cells and seed
     python tests/benchmarks/bench_study_signal.py --seeds 100 101 --masks gt global
     python tests/benchmarks/bench_study_signal.py --metrics metrics/studies   # read only
     python tests/benchmarks/bench_study_signal.py --set train.steps=1000   # a bigger budget
-    python tests/benchmarks/bench_study_signal.py --method detcon_b         # gt and BYOL
-    python tests/benchmarks/bench_study_signal.py --method soco --masks ss
-    python tests/benchmarks/bench_study_signal.py --method vicreg           # global only
+    python tests/benchmarks/bench_study_signal.py --method detcon_b         # its table row
+    python tests/benchmarks/bench_study_signal.py --method soco --masks ss  # Fashion-MNIST
+    python tests/benchmarks/bench_study_signal.py --study mask_quality --method vicreg
     python tests/benchmarks/bench_study_signal.py --study methods_fmnist --method byol soco
     python tests/benchmarks/bench_study_signal.py --study soco_proposals_fmnist --masks ss object_box
 
@@ -19,15 +19,21 @@ from the reported ones (0..2). Prints per row mean ± std over seeds of the head
 the gain over random init and gt - global with their effect size d (the difference over the
 seed std pooled over the two rows): the study asks for >= 3 and >= 2.
 
-``--method`` takes any method: an object-level one trains on ``--masks`` (default gt and
-global, the global cell being its image-level twin), an image-level one on the global mask.
+``--method`` alone trains the method's row of the method table where the README shows it
+learning, at that row's budget and settings, against random init: ``methods`` (the shapes;
+DetCon on gt masks), or ``methods_fmnist`` (Fashion-MNIST, built by ``dvc repro
+ablations/dvc.yaml:fashion_mnist_masks``) for BYOL and SoCo, which do not learn on the shapes
+at their budgets there (``ROW_STUDY``). ``--masks`` (one set) replaces an object-level row's mask set.
 Each method gets its own keys and schedule from ``studies.method_overrides.<method>``;
-``--set method.<key>=...`` adds to those, other ``--set`` keys to ``studies.common``.
+``--set method.<key>=...`` adds to those, other ``--set`` keys to ``studies.common`` (a row's
+own cell settings come after them: change a row's budget with ``--params``).
 
-``--study`` takes a study of rows (``methods``, ``methods_fmnist``: Fashion-MNIST, built by
-``dvc repro ablations/dvc.yaml:fashion_mnist_masks``): ``--method`` then names its rows
-(default: every row), each trained with its row's masks and its own cell settings, on the
-study's data and probes; the headline is the study's (linear top-1 on Fashion-MNIST).
+``--study`` names the study: a study of rows (``methods``, ``methods_fmnist``), where
+``--method`` names its rows (default: every row), each trained with its row's masks and its
+own cell settings, on the study's data and probes, the headline being the study's (linear
+top-1 on Fashion-MNIST); or a study of mask sets (default ``mask_quality``, when no
+``--method`` is given), where ``--method`` trains on ``--masks`` (default gt and global, the
+global cell being its image-level twin; an image-level method: global only).
 """
 
 from __future__ import annotations
@@ -43,6 +49,10 @@ import yaml
 
 from detlab.methods.registry import IMAGE_BASELINE
 from detlab.pipelines.stats import pooled_std
+
+# --method alone: the method table whose row shows the method learning (README, "Every
+# method"); BYOL and SoCo stay near random init on the shapes at those rows' budgets.
+ROW_STUDY = {"byol": "methods_fmnist", "soco": "methods_fmnist"}
 
 
 def train_records(params: dict, study: str, cells: list[str], seeds: list[int],
@@ -113,6 +123,52 @@ def report(records: list[dict]) -> None:
     )
 
 
+def pick_cells(
+    p: argparse.ArgumentParser, args: argparse.Namespace, params: dict
+) -> tuple[str, list[str]]:
+    """Narrow ``params`` to what ``args`` asks to train: the study and its cells (rows or
+    mask sets)."""
+    st = params["studies"]
+    study = args.study
+    if study is None and args.method:
+        homes = {ROW_STUDY.get(m, "methods") for m in args.method}
+        if len(homes) > 1:
+            p.error(f"--method {' '.join(args.method)}: rows of {sorted(homes)}; name --study")
+        study = homes.pop()
+    study = study or "mask_quality"
+    if study not in st:
+        p.error(f"params.yaml has no studies.{study}")
+    rows = st[study].get("rows")
+    if rows is None and args.method and len(args.method) > 1:
+        p.error(f"--study {study} trains one method (rows: --study methods ...)")
+    methods = args.method or ([*rows] if rows else [st["method"]])
+    if rows is not None:
+        unknown = sorted(set(methods) - set(rows))
+        if unknown:
+            p.error(f"studies.{study}.rows has no {unknown}; rows: {sorted(rows)}")
+        st[study]["rows"] = {m: dict(rows[m]) for m in methods}
+        if args.masks:
+            image = [m for m in methods if rows[m]["method"] not in IMAGE_BASELINE]
+            if len(args.masks) > 1 or (image and args.masks != ["global"]):
+                p.error(f"--masks: a row trains one mask set (image-level rows: global); "
+                        f"got {args.masks} for {methods}")  # fmt: skip
+            for m in methods:
+                st[study]["rows"][m]["mask"] = args.masks[0]
+        cells = methods
+    else:
+        st["method"] = methods[0]
+        twin = methods[0] in IMAGE_BASELINE
+        cells = args.masks or (["gt", "global"] if twin else ["global"])
+    own = [o for o in args.set if o.startswith("method.")]
+    st["common"] += [o for o in args.set if o not in own]
+    for method in {rows[m]["method"] for m in methods} if rows else methods:
+        if isinstance(st.get("method_overrides"), dict):
+            st["method_overrides"][method] = [*st["method_overrides"].get(method, []), *own]
+        else:
+            st["method_overrides"] = [*st.get("method_overrides", []), *own]
+    return study, cells
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[100, 101, 102])
@@ -120,45 +176,24 @@ def main() -> None:
         "--masks",
         nargs="+",
         default=None,
-        help="default: gt global (object-level methods), global (image-level)",
+        help="default: a row's own; gt global (object-level methods), global (image-level)",
     )
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--metrics", type=Path, help="read these study records instead of training")
-    p.add_argument("--study", default="mask_quality", help="a study of params.yaml")
-    p.add_argument("--method", nargs="+", help="studies.method (default: params.yaml's); "
-                   "a study of rows: its rows to train (default: all)")  # fmt: skip
+    p.add_argument("--study", help="a study of params.yaml (default: --method's table, "
+                   "else mask_quality)")  # fmt: skip
+    p.add_argument("--method", nargs="+", help="a method (its row of a method table), "
+                   "or rows of --study (default: all)")  # fmt: skip
     p.add_argument("--set", nargs="*", default=[], help="overrides added to studies.common")
     args = p.parse_args()
     if args.metrics:
         records = read_records(args.metrics)
     else:
         params = yaml.safe_load(Path(args.params).read_text())
-        st = params["studies"]
-        rows = st[args.study].get("rows")
-        if rows is None and args.method and len(args.method) > 1:
-            p.error(f"--study {args.study} trains one method (rows: --study methods ...)")
-        methods = args.method or ([*rows] if rows else [st["method"]])
-        if rows is not None:
-            unknown = sorted(set(methods) - set(rows))
-            if unknown:
-                p.error(f"studies.{args.study}.rows has no {unknown}; rows: {sorted(rows)}")
-            st[args.study]["rows"] = {m: rows[m] for m in methods}
-        else:
-            st["method"] = methods[0]
-        own = [o for o in args.set if o.startswith("method.")]
-        st["common"] += [o for o in args.set if o not in own]
-        for method in {rows[m]["method"] for m in methods} if rows else methods:
-            if isinstance(st.get("method_overrides"), dict):
-                st["method_overrides"][method] = [*st["method_overrides"].get(method, []), *own]
-            else:
-                st["method_overrides"] = [*st.get("method_overrides", []), *own]
-        if rows is not None:
-            cells = methods
-        else:
-            twin = methods[0] in IMAGE_BASELINE
-            cells = args.masks or (["gt", "global"] if twin else ["global"])
+        study, cells = pick_cells(p, args, params)
         root = Path(tempfile.mkdtemp(prefix="bench-study-signal-"))
-        records = train_records(params, args.study, cells, args.seeds, root)
+        print(f"studies.{study}: {' '.join(cells)} on seeds {args.seeds} -> {root}")
+        records = train_records(params, study, cells, args.seeds, root)
     report(records)
 
 

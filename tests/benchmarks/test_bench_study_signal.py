@@ -1,0 +1,69 @@
+"""bench_study_signal.py picks what it trains from params.yaml: `--method` alone trains the
+method's row of the table where it learns (its masks, budget and cell settings)."""
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location(
+    "bench_study_signal", ROOT / "tests/benchmarks/bench_study_signal.py"
+)
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+
+
+def pick(*argv: str) -> tuple[str, list[str], dict]:
+    p = argparse.ArgumentParser()
+    p.add_argument("--study")
+    p.add_argument("--method", nargs="+")
+    p.add_argument("--masks", nargs="+")
+    p.add_argument("--set", nargs="*", default=[])
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    study, cells = bench.pick_cells(p, p.parse_args(argv), params)
+    return study, cells, params["studies"]
+
+
+def test_a_method_alone_trains_its_row_of_the_shapes_table_at_the_rows_budget():
+    study, cells, st = pick("--method", "detcon_b")
+    assert (study, cells) == ("methods", ["detcon_b"])
+    assert st["methods"]["rows"] == {"detcon_b": {"method": "detcon_b", "mask": "gt"}}
+    assert "train.steps=1200" in st["methods"]["cells"]["detcon_b"]
+
+
+def test_soco_alone_trains_its_fashion_mnist_row_and_masks_name_a_rows_set():
+    study, cells, st = pick("--method", "soco", "--masks", "ss")
+    assert (study, cells) == ("methods_fmnist", ["soco"])
+    assert st["methods_fmnist"]["rows"]["soco"] == {"method": "soco", "mask": "ss"}
+    assert "method.ema_base=0.9" in st["methods_fmnist"]["cells"]["soco"]
+    _, _, st = pick("--method", "detcon_b", "--masks", "fh")
+    assert st["methods"]["rows"]["detcon_b"]["mask"] == "fh"
+
+
+def test_without_a_method_the_mask_quality_study_trains_gt_and_its_twin():
+    study, cells, st = pick()
+    assert (study, cells) == ("mask_quality", ["gt", "global"])
+    study, cells, st = pick("--study", "mask_quality", "--method", "vicreg", "--set", "x=1")
+    assert (study, cells, st["method"]) == ("mask_quality", ["global"], "vicreg")
+    assert st["common"][-1] == "x=1"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("--method", "soco", "detcon_b"),  # rows of two tables
+        ("--method", "byol", "--masks", "gt"),  # an image-level row on masks
+        ("--method", "detcon_b", "--masks", "gt", "fh"),  # a row trains one set
+        ("--study", "methods", "--method", "dino"),  # not a row
+        (
+            "--study",
+            "nope",
+        ),
+    ],
+)
+def test_what_it_cannot_train_is_refused_before_training(argv):
+    with pytest.raises(SystemExit):
+        pick(*argv)
