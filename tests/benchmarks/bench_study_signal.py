@@ -23,7 +23,8 @@ seed std pooled over the two rows): the study asks for >= 3 and >= 2.
 learning, at that row's budget and settings, against random init: ``methods`` (the shapes;
 DetCon on gt masks), or ``methods_fmnist`` (Fashion-MNIST, built by ``dvc repro
 ablations/dvc.yaml:fashion_mnist_masks``) for BYOL and SoCo, which do not learn on the shapes
-at their budgets there (``ROW_STUDY``). ``--masks`` (one set) replaces an object-level row's mask set.
+at their budgets there (``ROW_STUDY``). ``--masks`` (one set) replaces an object-level row's
+mask set.
 Each method gets its own keys and schedule from ``studies.method_overrides.<method>``;
 ``--set method.<key>=...`` adds to those, other ``--set`` keys to ``studies.common`` (a row's
 own cell settings come after them: change a row's budget with ``--params``).
@@ -169,7 +170,7 @@ def pick_cells(
     return study, cells
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[100, 101, 102])
     p.add_argument(
@@ -185,6 +186,11 @@ def main() -> None:
     p.add_argument("--method", nargs="+", help="a method (its row of a method table), "
                    "or rows of --study (default: all)")  # fmt: skip
     p.add_argument("--set", nargs="*", default=[], help="overrides added to studies.common")
+    return p
+
+
+def main() -> None:
+    p = build_parser()
     args = p.parse_args()
     if args.metrics:
         records = read_records(args.metrics)

@@ -1,7 +1,6 @@
 """bench_study_signal.py picks what it trains from params.yaml: `--method` alone trains the
 method's row of the table where it learns (its masks, budget and cell settings)."""
 
-import argparse
 import importlib.util
 from pathlib import Path
 
@@ -17,11 +16,7 @@ spec.loader.exec_module(bench)
 
 
 def pick(*argv: str) -> tuple[str, list[str], dict]:
-    p = argparse.ArgumentParser()
-    p.add_argument("--study")
-    p.add_argument("--method", nargs="+")
-    p.add_argument("--masks", nargs="+")
-    p.add_argument("--set", nargs="*", default=[])
+    p = bench.build_parser()
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     study, cells = bench.pick_cells(p, p.parse_args(argv), params)
     return study, cells, params["studies"]

@@ -60,7 +60,10 @@ def covered(path: Path, deps: list[str]) -> bool:
     return any(path == Path(d) or Path(d) in path.parents for d in deps)
 
 
-@pytest.mark.parametrize("stage,cmd,deps", stages(), ids=[s[0] for s in stages()])
+STAGES = stages()
+
+
+@pytest.mark.parametrize("stage,cmd,deps", STAGES, ids=[s[0] for s in STAGES])
 def test_a_stage_depends_on_every_detlab_file_its_command_imports(stage, cmd, deps):
     modules = re.findall(r"python -m (detlab\.[\w.]+)", cmd)
     assert modules, f"{stage} runs no `python -m detlab...`: {cmd!r}"
