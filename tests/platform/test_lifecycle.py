@@ -20,8 +20,11 @@ def alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    with open(f"/proc/{pid}/stat") as f:  # a zombie (not yet reaped by init) has ended
-        return f.read().split(") ")[-1][0] != "Z"
+    try:
+        with open(f"/proc/{pid}/stat") as f:  # a zombie (not yet reaped by init) has ended
+            return f.read().split(") ")[-1][0] != "Z"
+    except FileNotFoundError:  # reaped between the signal and the read
+        return False
 
 
 def test_a_process_exits_soon_after_its_parent_is_killed(tmp_path):
