@@ -191,8 +191,9 @@ def _open_store(masks: MasksConfig, images, data: DataConfig):
     path = Path(masks.path)
     if not path.exists():
         raise PretrainDataError(
-            f"masks.path={masks.path} (mask set {masks.name!r}) does not exist: produce it "
-            f"with `dvc repro masks@{masks.name}` or point masks.path at a mask store"
+            f"masks.path={masks.path} (mask set {masks.name!r}) does not exist: build it with "
+            f"`python -m detlab.pipelines.masks.run --method {masks.name} --data {data.root} "
+            f"--out {masks.path}` (what its DVC stage runs) or point masks.path at a mask store"
         )
     reference = images
     if data.max_images is not None:  # fingerprints describe the whole split

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import shlex
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -245,8 +249,16 @@ def test_fingerprint_mismatch_is_reported_up_front(other_shapes, band_masks):
 def test_configuration_errors_name_the_key(tiny_shapes, tmp_path, band_masks, box_store):
     from detlab.methods.data import PretrainDataError, build_pretrain_dataset
 
-    with pytest.raises(PretrainDataError, match="masks.path=.*missing.*dvc repro masks@fh"):
-        build_pretrain_dataset(*cfgs(tiny_shapes, "fh", tmp_path / "missing"), "mask", seed=0)
+    missing = tmp_path / "missing"
+    with pytest.raises(PretrainDataError) as err:
+        build_pretrain_dataset(*cfgs(tiny_shapes, "fh", missing), "mask", seed=0)
+    # the command named builds the set of this dataset, where it was looked for
+    assert f"masks.path={missing} " in str(err.value)
+    assert (f"`python -m detlab.pipelines.masks.run --method fh --data {tiny_shapes} "
+            f"--out {missing}`") in str(err.value)  # fmt: skip
+    command = shlex.split(str(err.value).split("`")[1])
+    subprocess.run([sys.executable, *command[1:]], check=True, capture_output=True)
+    assert len(build_pretrain_dataset(*cfgs(tiny_shapes, "fh", missing), "mask", seed=0)) > 0
     with pytest.raises(PretrainDataError, match="SoCo needs box proposals"):
         build_pretrain_dataset(*cfgs(tiny_shapes, "fh", band_masks), "boxes", seed=0)
     with pytest.raises(PretrainDataError, match="per-pixel masks"):
