@@ -62,3 +62,16 @@ def test_without_a_method_the_mask_quality_study_trains_gt_and_its_twin():
 def test_what_it_cannot_train_is_refused_before_training(argv):
     with pytest.raises(SystemExit):
         pick(*argv)
+
+
+def test_the_report_counts_seeds_above_their_own_random_init(capsys):
+    def record(kind, seed, top1):
+        return {"kind": kind, "mask": None, "seed": seed, "metrics": {"linear_top1": top1}}
+
+    records = [record("random", 0, 0.64), record("random", 1, 0.76), record("random", 2, 0.75),
+               record("soco", 0, 0.78), record("soco", 1, 0.80), record("soco", 2, 0.74),
+               record("soco", 3, 0.90)]  # fmt: skip
+    bench.report(records)
+    out = capsys.readouterr().out
+    # seed 3 has no random init to pair with; seed 2 is below its own
+    assert "soco: above its seed's random init on 2 of 3 seeds (gains -0.0100 to +0.1400)" in out
