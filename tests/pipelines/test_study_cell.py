@@ -7,8 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
+from detlab.methods.registry import METHODS
 from detlab.pipelines.study_cells import run_cell
 
 REPO = Path(__file__).resolve().parents[2]
@@ -129,3 +131,28 @@ def test_a_study_on_its_own_data_swaps_in_its_data_masks_probes_and_references()
     del spec["data"]["masks"]
     with pytest.raises(ValueError, match=r"lacks \['masks'\]"):
         study_params(params, ("methods_fmnist",))
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_random_init_of_a_seed_is_where_that_seeds_cells_start(method):
+    """A cell and the random-init reference of one seed share the backbone's initial
+    weights, so a per-seed gain over random init measures what pretraining added."""
+    from detlab.methods.backbones import build_backbone
+    from detlab.methods.registry import build_method
+    from detlab.pipelines.study_reference import reference_overrides
+    from detlab.platform.compose import compose
+    from detlab.platform.train import seed_everything
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    cfg = compose(reference_overrides(params, 7))
+    seed_everything(7, cfg.train.deterministic, cfg.train.threads)
+    random_init = build_backbone(cfg.backbone).state_dict()
+    own = (params["studies"]["method_overrides"] or {}).get(method, [])
+    cfg = compose([*reference_overrides(params, 7), f"method={method}", *own])
+    seed_everything(7, cfg.train.deterministic, cfg.train.threads)
+    start = build_method(cfg.method, cfg.backbone, cfg.aug).encoder.state_dict()
+    assert start.keys() == random_init.keys()
+    assert all(torch.equal(start[k], random_init[k]) for k in start)
+    seed_everything(8, cfg.train.deterministic, cfg.train.threads)  # another seed differs
+    other = build_method(cfg.method, cfg.backbone, cfg.aug).encoder.state_dict()
+    assert not all(torch.equal(other[k], random_init[k]) for k in other)
