@@ -154,6 +154,8 @@ def study_params(params: dict, studies: tuple[str, ...]) -> dict:
     refs = {**(st.get("references") or {}), "resolution": spec.get("resolution")}
     if "references" in spec:
         refs["kinds"] = list(spec["references"])
+    if "supervised_steps" in spec:
+        refs["supervised_steps"] = spec["supervised_steps"]
     st["references"] = refs
     return out
 

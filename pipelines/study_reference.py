@@ -36,13 +36,18 @@ from detlab.platform.train import seed_everything
 REFERENCES = ("random", "supervised")
 
 
-def reference_overrides(params: dict, seed: int) -> list[str]:
+def reference_overrides(params: dict, seed: int, kind: str = "random") -> list[str]:
+    """The composed overrides of a reference: the studies' common ones, then the supervised
+    reference's own budget where a study sets one (``supervised_steps``: the table's largest
+    pretraining budget, so the row bounds every pretrained row from above)."""
     st = params["studies"]
     refs = st.get("references", {}) or {}
     resolution = refs.get("resolution") or st["mask_quality"]["resolution"]
+    steps = refs.get("supervised_steps") if kind == "supervised" else None
     return [
         *st["common"],
         *refs.get("overrides", []),
+        *([f"train.steps={int(steps)}"] if steps else []),
         f"data.root={params['prepare']['out']}",
         f"train.seed={seed}",
         f"aug.resolution={resolution}",
@@ -50,7 +55,7 @@ def reference_overrides(params: dict, seed: int) -> list[str]:
 
 
 def reference_key(params: dict, kind: str, seed: int, inputs: str | None = None) -> str:
-    overrides = [f"reference={kind}", *reference_overrides(params, seed)]
+    overrides = [f"reference={kind}", *reference_overrides(params, seed, kind)]
     return cell_key(overrides, inputs or inputs_fingerprint(params, None))
 
 
@@ -68,7 +73,7 @@ def run_reference(
     if kind not in REFERENCES:
         raise ValueError(f"reference kind {kind!r} is not one of {REFERENCES}")
     st = params["studies"]
-    overrides = reference_overrides(params, seed)
+    overrides = reference_overrides(params, seed, kind)
     key = key or reference_key(params, kind, seed)
     cfg = compose(overrides)
     seed_everything(seed, cfg.train.deterministic, cfg.train.threads)

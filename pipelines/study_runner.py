@@ -151,7 +151,8 @@ def plan(params: dict, studies: tuple[str, ...] = DEFAULT_STUDIES) -> list[Cell]
     refs = st.get("references", {}) or {}
     for kind in refs.get("kinds", []):
         for seed in refs.get("seeds", []):
-            cost = 0.2 + (0.5 if kind == "supervised" else 0.0)
+            steps = refs.get("supervised_steps") or 600
+            cost = 0.2 + (0.5 * int(steps) / 600 if kind == "supervised" else 0.0)
             cells.append(Cell(REFERENCES_DIR, f"{kind}-s{seed}", int(seed), kind=kind, cost=cost))
     return sorted(cells, key=lambda c: -c.cost)
 
@@ -198,16 +199,17 @@ def remove_stale(metrics_root: Path, cells: list[Cell], uri: str | None = None,
 
 
 def check_cells(params: dict, cells: list[Cell]) -> None:
-    """Compose one cell per (study, mask, resolution) and one reference (seeds change only
-    train.seed): a bad key or value fails here, naming its cells, before any compute."""
+    """Compose one cell per (study, mask, resolution) and one reference of each kind (seeds
+    change only train.seed): a bad key or value fails here, naming its cells, before any
+    compute."""
     errors, seen = [], set()
     for cell in cells:
-        group = (cell.study, cell.mask, cell.resolution)
+        group = (cell.study, cell.mask, cell.resolution, cell.kind)
         if group in seen:
             continue
         seen.add(group)
         overrides = (
-            reference_overrides(params, cell.seed)
+            reference_overrides(params, cell.seed, cell.kind)
             if cell.kind is not None
             else cell_overrides(params, cell.study, cell.mask, cell.seed, cell.resolution)
         )

@@ -212,6 +212,8 @@ def tiny_params():
                                           "detcon_s": {"method": "detcon_s", "mask": "fh"},
                                           "soco": {"method": "soco", "mask": "ss"}})  # fmt: skip
         st["soco_proposals_fmnist"].update(masks=["ss", "random_boxes"], seeds=[0], cells={})
+        for study in ("methods_fmnist", "soco_proposals_fmnist"):  # its own, still tiny
+            st[study]["supervised_steps"] = 4
         st["probe_resolution"] = 32
         return params
 

@@ -3,6 +3,7 @@ linear and segmentation probes): what the lock file and deterministic settings p
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -101,7 +102,8 @@ def test_the_global_cell_trains_the_methods_image_level_counterpart(method):
 
 def test_a_study_on_its_own_data_swaps_in_its_data_masks_probes_and_references():
     from detlab.pipelines.study_cells import cell_overrides, study_params
-    from detlab.pipelines.study_reference import reference_overrides
+    from detlab.pipelines.study_reference import reference_key, reference_overrides
+    from detlab.platform.compose import compose
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     assert study_params(params, ("mask_quality", "resolution")) is params  # untouched
@@ -115,6 +117,17 @@ def test_a_study_on_its_own_data_swaps_in_its_data_masks_probes_and_references()
     assert {"data=fashion_mnist", f"data.root={spec['data']['root']}", "method=detcon_b",
             f"masks.path={spec['data']['masks']}/fh", "train.steps=2400"} <= set(cell)  # fmt: skip
     assert "aug.resolution=32" in reference_overrides(own, 0)
+    # the supervised reference trains the table's largest budget; random init has no steps
+    largest = max(int(o.split("=")[1]) for c in spec["cells"].values() for o in c
+                  if o.startswith("train.steps="))  # fmt: skip
+    assert spec["supervised_steps"] == largest
+    assert reference_overrides(own, 0, "supervised")[-4] == f"train.steps={largest}"
+    assert reference_overrides(own, 0, "random") == reference_overrides(own, 0)
+    unset = copy.deepcopy(own)
+    del unset["studies"]["references"]["supervised_steps"]
+    assert reference_key(own, "random", 0, "x") == reference_key(unset, "random", 0, "x")
+    assert reference_key(own, "supervised", 0, "x") != reference_key(unset, "supervised", 0, "x")
+    assert compose(reference_overrides(own, 0, "supervised")).train.steps == largest
     assert params["prepare"]["out"] != spec["data"]["root"]  # the caller's params unchanged
     with pytest.raises(ValueError, match="stage of its own"):
         study_params(params, ("methods", "methods_fmnist"))

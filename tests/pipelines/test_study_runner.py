@@ -236,6 +236,9 @@ def test_a_study_on_its_own_dataset_trains_probes_and_reports_there(tiny_fmnist,
             for k in ("random", "supervised")}  # fmt: skip
     assert all(f"data.root={tiny_fmnist}" in r["overrides"] for r in refs.values())
     assert refs["supervised"]["metrics"] != refs["random"]["metrics"]  # it trained
+    steps = {k: [o for o in r["overrides"] if o.startswith("train.steps=")][-1]
+             for k, r in refs.items()}  # fmt: skip
+    assert steps == {"random": "train.steps=3", "supervised": "train.steps=4"}  # its own budget
     s = write("methods_fmnist", metrics, tmp_path / "reports", params)
     assert s["headline"] == "linear_top1" and list(s["rows"]) == ["simclr", "detcon_s", "soco"]
     assert all("vs_random" in r for r in s["rows"].values())
