@@ -59,12 +59,19 @@ ROW_STUDY = {"byol": "methods_fmnist", "soco": "methods_fmnist"}
 def train_records(params: dict, study: str, cells: list[str], seeds: list[int],
                   root: Path) -> list[dict]:  # fmt: skip
     """Random init and ``cells`` (mask sets, or rows of a study of rows) of ``study``."""
-    from detlab.pipelines.study_cells import run_cell, study_params
+    from detlab.pipelines.study_cells import cell_row, run_cell, study_params
     from detlab.pipelines.study_reference import run_reference
 
     params["studies"]["tracking_uri"] = f"sqlite:///{root}/mlflow.db"
     params.setdefault("quality_dir", "metrics/mask_quality")
     params = study_params(params, (study,))
+    for cell in cells:  # a mask set not built is named before random init trains
+        mask = cell_row(params, study, cell)[1]
+        folder = Path(params["masks"]["out"]) / mask
+        if mask != "global" and not folder.exists():
+            raise SystemExit(f"error: mask set {mask!r} of {study} {cell} is not built at "
+                             f"{folder}: `python -m detlab.pipelines.masks.run --method {mask} "
+                             f"--data {params['prepare']['out']} --out {folder}`")  # fmt: skip
     records = []
     for seed in seeds:
         t0 = time.time()

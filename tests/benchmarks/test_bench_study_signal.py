@@ -75,3 +75,19 @@ def test_the_report_counts_seeds_above_their_own_random_init(capsys):
     out = capsys.readouterr().out
     # seed 3 has no random init to pair with; seed 2 is below its own
     assert "soco: above its seed's random init on 2 of 3 seeds (gains -0.0100 to +0.1400)" in out
+
+
+def test_a_mask_set_not_built_is_named_before_anything_trains(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no data/ here: Fashion-MNIST's FH set is not built
+    p = bench.build_parser()
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    study, cells = bench.pick_cells(p, p.parse_args(["--study", "methods_fmnist", "--method",
+                                                     "simclr", "detcon_b"]), params)  # fmt: skip
+    with pytest.raises(SystemExit) as err:
+        bench.train_records(params, study, cells, [0], tmp_path / "out")
+    fmnist = params["studies"]["methods_fmnist"]["data"]
+    assert str(err.value) == (
+        f"error: mask set 'fh' of methods_fmnist detcon_b is not built at {fmnist['masks']}/fh: "
+        f"`python -m detlab.pipelines.masks.run --method fh --data {fmnist['root']} "
+        f"--out {fmnist['masks']}/fh`")  # fmt: skip
+    assert not (tmp_path / "out").exists()  # random init did not train
