@@ -11,7 +11,7 @@ references) is left out, but every file is written.
 How to read it: cells are mean ± sample std over seeds (n). The headline is seg_miou_objects,
 the object-class mIoU of a frozen linear segmentation probe; it only means something next to
 the reference rows (random init: the same backbone never trained; supervised: trained on the
-labels for the same budget; chance). Every difference has a 95% bootstrap CI over seeds,
+labels, its steps in its label; chance). Every difference has a 95% bootstrap CI over seeds,
 paired by seed where possible, and "reproduced" needs the whole CI on the paper's side of 0
 ([-inf, +inf] with one seed a side: no claim). ⚠ marks a pretraining row within noise of random
 init. Rank correlations use exact permutation p over every (x, seed) point. Plots:
@@ -44,6 +44,8 @@ from detlab.pipelines.report_terms import (
     METRIC_NAMES,
     REFERENCES,
     main_metrics,
+    reference_label,
+    steps_in,
 )
 from detlab.pipelines.stats import (
     combine_verdicts,
@@ -105,7 +107,13 @@ def vals(row: dict | None, key: str) -> dict[int, float]:
 
 def reference_rows(refs: list[dict], keys: list[str]) -> dict[str, dict]:
     groups = {k: [r for r in refs if ref_kind(r) == k] for k in REFERENCES}
-    return {k: make_row(k, REFERENCES[k], "reference", g, keys) for k, g in groups.items() if g}
+    rows = {}
+    for kind, group in groups.items():
+        if group:
+            steps = steps_in(group[0].get("overrides") or []) if kind == "supervised" else None
+            label = reference_label(kind, steps)
+            rows[kind] = make_row(kind, label, "reference", group, keys) | {"steps": steps}
+    return rows
 
 
 def chance_of(records: list[dict]) -> dict[str, float]:

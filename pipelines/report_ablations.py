@@ -234,8 +234,9 @@ def markdown(s: dict) -> str:
                      "-" if r["pretrain_seconds"] is None else f"{r['pretrain_seconds']:.0f}",
                      str(r.get("steps") or "-")])  # fmt: skip
     for k, ref in s["references"].items():
-        body.append([REFERENCES[k], "-", "-", "-", "-", "-",
-                     *(fstat(ref["metrics"].get(m)) for m in shown)] + ["-"] * 5)  # fmt: skip
+        body.append([ref.get("label") or REFERENCES[k], "-", "-", "-", "-", "-",
+                     *(fstat(ref["metrics"].get(m)) for m in shown)]
+                    + ["-"] * 4 + [str(ref.get("steps") or "-")])  # fmt: skip
     body.append(["chance", *["-"] * 5, *(fnum(s["chance"].get(k)) for k in shown)] + ["-"] * 5)
     lines += table(header, body)
     lines += [f"Mean ± sample std over seeds (n); seeds {s['seeds']}; seed std pooled over the "

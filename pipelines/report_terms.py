@@ -21,10 +21,18 @@ FINDING_METRICS = (HEADLINE, "linear_top1")
 GLOBAL, GT = "global", "gt"  # the image-level baseline (e.g. SimCLR) and ground-truth masks
 REFERENCES = {
     "random": "random init (no pretraining)",
-    "supervised": "supervised (labels, same budget)",
+    "supervised": "supervised (labels)",
 }
 LEVEL, ALPHA = 0.95, 0.05  # CI level; significance level of the rank tests
 FLAG_STD = 2.0  # ⚠ when the gain over random init is under this many pooled seed std
+
+
+def reference_label(kind: str, steps: int | None = None) -> str:
+    """A reference row's label; the supervised one names the steps it trained (a study may
+    give it more than its cells: ``studies.<study>.supervised_steps``)."""
+    if kind == "supervised" and steps:
+        return f"supervised (labels, {steps} steps)"
+    return REFERENCES[kind]
 
 
 def main_metrics(keys: list[str]) -> list[str]:

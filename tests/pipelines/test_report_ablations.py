@@ -70,6 +70,10 @@ def test_a_method_learns_only_with_a_ci_above_zero_and_d_at_least_3(tmp_path):
         "none": (0.05, {}, dict(method="vicreg", masks="global")),
     }
     write_all(tmp_path / "m", "methods", rows)
+    for seed in SEEDS:  # a supervised reference with a budget of its own (supervised_steps)
+        r = rec("references", "supervised", seed, 0.2, kind="supervised",
+                overrides=["train.steps=600", "train.steps=4800"])  # fmt: skip
+        (tmp_path / "m/references" / f"supervised-s{seed}.json").write_text(json.dumps(r))
     s = write("methods", tmp_path / "m", tmp_path / "out", {})
     vs = {k: r["vs_random"] for k, r in s["rows"].items()}
     assert vs["strong"]["learns"] and vs["strong"]["d"] >= LEARNS_D
@@ -79,6 +83,9 @@ def test_a_method_learns_only_with_a_ci_above_zero_and_d_at_least_3(tmp_path):
     assert s["rows"]["strong"]["steps"] == 600
     md = (tmp_path / "out" / "methods.md").read_text()
     assert "| none | VICReg |" in md and "**no**" in md and "random init (no pretraining)" in md
+    supervised = next(line for line in md.splitlines() if line.startswith("| supervised"))
+    assert supervised.startswith("| supervised (labels, 4800 steps) |")
+    assert supervised.endswith("| 4800 |")  # the steps column
 
 
 def test_soco_proposal_findings_and_the_cli(tmp_path, capsys):

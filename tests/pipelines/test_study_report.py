@@ -83,7 +83,16 @@ def write_records(root, masks=MASKS, refs=REFS, resolution=RESOLUTION, seeds=SEE
     for kind, m in refs.items():
         recs += [
             record(
-                "references", f"{kind}-s{s}", s, m + noise(s, f"{kind}-s{s}"), kind=kind, mask=None
+                "references",
+                f"{kind}-s{s}",
+                s,
+                m + noise(s, f"{kind}-s{s}"),
+                kind=kind,
+                mask=None,
+                overrides=[
+                    "train.steps=600",
+                    *(["train.steps=900"] if kind == "supervised" else []),
+                ],
             )
             for s in seeds
         ]
@@ -128,7 +137,7 @@ def test_reference_rows_and_chance_in_table_and_json(tmp_path):
     md = (out / "mask_quality.md").read_text()
     rnd = md_row(md, "random init (no pretraining)")
     assert expected(REFS["random"], "random") in rnd  # mean ± sample std (n seeds)
-    assert md_row(md, "supervised (labels, same budget)").count("± ") >= 5
+    assert md_row(md, "supervised (labels, 900 steps)").count("± ") >= 5
     chance = md_row(md, "chance").split(" | ")
     assert "0.1667" in chance and "-" in chance  # linear top-1 defined, seg metrics not
     rows = studies["mask_quality"]["summary"]["rows"]
@@ -146,7 +155,7 @@ def test_reference_rows_and_chance_in_table_and_json(tmp_path):
         "slic",
         "gt",
         "random init (no pretraining)",
-        "supervised (labels, same budget)",
+        "supervised (labels, 900 steps)",
     ]
     assert "Per-class IoU" in md and "circle" in md and "Learning health" in md
 
