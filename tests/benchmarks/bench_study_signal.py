@@ -216,6 +216,9 @@ def main() -> None:
     args = p.parse_args()
     if args.metrics:
         records = read_records(args.metrics)
+        if not any(r.get("metrics") for r in records):
+            p.error(f"--metrics {args.metrics}: no study records there "
+                    "(<folder>/<study>/<cell>.json; a bench run's are in its metrics/)")  # fmt: skip
     else:
         params = yaml.safe_load(Path(args.params).read_text())
         study, cells = pick_cells(p, args, params)

@@ -91,3 +91,13 @@ def test_a_mask_set_not_built_is_named_before_anything_trains(tmp_path, monkeypa
         f"`python -m detlab.pipelines.masks.run --method fh --data {fmnist['root']} "
         f"--out {fmnist['masks']}/fh`")  # fmt: skip
     assert not (tmp_path / "out").exists()  # random init did not train
+
+
+def test_a_folder_without_records_is_named_in_one_line(tmp_path, monkeypatch, capsys):
+    (tmp_path / "metrics/references").mkdir(parents=True)  # a bench run's root: records below
+    monkeypatch.setattr("sys.argv", ["bench", "--metrics", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        bench.main()
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.endswith(f"--metrics {tmp_path}: no study records there "
+                        "(<folder>/<study>/<cell>.json; a bench run's are in its metrics/)")  # fmt: skip
