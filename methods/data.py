@@ -183,6 +183,12 @@ class PretrainDataset(Dataset):
         return self._device_views(batch)
 
 
+def mask_build_command(name: str, data_root, out) -> str:
+    """The command that builds mask set ``name`` of the dataset at ``data_root`` into
+    ``out`` (what the set's DVC stage runs)."""
+    return f"python -m detlab.pipelines.masks.run --method {name} --data {data_root} --out {out}"
+
+
 def _open_store(masks: MasksConfig, images, data: DataConfig):
     """MaskStore at masks.path, checked against the dataset (clear error up front)."""
     from detlab.methods.datasets import open_dataset
@@ -192,8 +198,8 @@ def _open_store(masks: MasksConfig, images, data: DataConfig):
     if not path.exists():
         raise PretrainDataError(
             f"masks.path={masks.path} (mask set {masks.name!r}) does not exist: build it with "
-            f"`python -m detlab.pipelines.masks.run --method {masks.name} --data {data.root} "
-            f"--out {masks.path}` (what its DVC stage runs) or point masks.path at a mask store"
+            f"`{mask_build_command(masks.name, data.root, masks.path)}` (what its DVC stage "
+            f"runs) or point masks.path at a mask store"
         )
     reference = images
     if data.max_images is not None:  # fingerprints describe the whole split

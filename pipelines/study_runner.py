@@ -150,9 +150,9 @@ def plan(params: dict, studies: tuple[str, ...] = DEFAULT_STUDIES) -> list[Cell]
                                       int(res), cost=cost))  # fmt: skip
     refs = st.get("references", {}) or {}
     for kind in refs.get("kinds", []):
+        steps = steps_in(reference_overrides(params, 0, kind)) or 600  # as cell_steps reads
+        cost = 0.2 + (0.5 * steps / 600 if kind == "supervised" else 0.0)
         for seed in refs.get("seeds", []):
-            steps = refs.get("supervised_steps") or 600
-            cost = 0.2 + (0.5 * int(steps) / 600 if kind == "supervised" else 0.0)
             cells.append(Cell(REFERENCES_DIR, f"{kind}-s{seed}", int(seed), kind=kind, cost=cost))
     return sorted(cells, key=lambda c: -c.cost)
 

@@ -59,6 +59,7 @@ ROW_STUDY = {"byol": "methods_fmnist", "soco": "methods_fmnist"}
 def train_records(params: dict, study: str, cells: list[str], seeds: list[int],
                   root: Path) -> list[dict]:  # fmt: skip
     """Random init and ``cells`` (mask sets, or rows of a study of rows) of ``study``."""
+    from detlab.methods.data import mask_build_command
     from detlab.pipelines.study_cells import cell_row, run_cell, study_params
     from detlab.pipelines.study_reference import run_reference
 
@@ -69,9 +70,9 @@ def train_records(params: dict, study: str, cells: list[str], seeds: list[int],
         mask = cell_row(params, study, cell)[1]
         folder = Path(params["masks"]["out"]) / mask
         if mask != "global" and not folder.exists():
+            command = mask_build_command(mask, params["prepare"]["out"], folder)
             raise SystemExit(f"error: mask set {mask!r} of {study} {cell} is not built at "
-                             f"{folder}: `python -m detlab.pipelines.masks.run --method {mask} "
-                             f"--data {params['prepare']['out']} --out {folder}`")  # fmt: skip
+                             f"{folder}: `{command}`")  # fmt: skip
     records = []
     for seed in seeds:
         t0 = time.time()
