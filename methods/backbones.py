@@ -89,13 +89,20 @@ class Backbone(tv.ResNet):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    def _stem(self, x: Tensor) -> Tensor:
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+
     def forward_pyramid(self, x: Tensor) -> dict[str, Tensor]:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        c2 = self.layer1(x)
+        c2 = self.layer1(self._stem(x))
         c3 = self.layer2(c2)
         c4 = self.layer3(c3)
         c5 = self.layer4(c4)
         return {"c2": c2, "c3": c3, "c4": c4, "c5": c5}
+
+    def forward_c4(self, x: Tensor) -> Tensor:
+        """[B, 3, H, W] -> C4, stopping before layer4 (SoCo's C4 structure runs layer4 on
+        RoIs: its BatchNorm then sees box features only, as in the detector it pretrains)."""
+        return self.layer3(self.layer2(self.layer1(self._stem(x))))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_pyramid(x)["c5"]

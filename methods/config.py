@@ -97,9 +97,12 @@ class VICRegConfig(MethodConfig):
 @dataclass
 class SoCoConfig(MethodConfig):
     num_boxes: int = 4  # K proposals per image
-    fpn_channels: int = 256  # FPN width
+    # fpn: FPN P2-P5 + R-CNN head, views V1 V2 V3 (SoCo's FPN model, the paper's main one);
+    # c4: RoIAlign on C4 and the backbone's res5 as the box head, views V1 V2 (SoCo_C4)
+    structure: str = "fpn"
+    fpn_channels: int = 256  # FPN width (fpn)
     roi_size: int = 7  # RoIAlign output size
-    head_hidden: int = 1024  # R-CNN head FC width
+    head_hidden: int = 1024  # R-CNN head FC width (fpn)
 
 
 # each method's config dataclass, by the name of its YAML in platform/conf/method/

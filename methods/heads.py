@@ -27,6 +27,27 @@ def mlp(in_dim: int, hidden: int, out: int, layers: int = 2) -> nn.Sequential:
     return nn.Sequential(*mods)
 
 
+def box_rois(boxes: Tensor, dtype: torch.dtype) -> Tensor:
+    """boxes [B, K, 4] xyxy px -> RoIAlign's [B*K, 5] rows (image index, x1, y1, x2, y2)."""
+    b, k, _ = boxes.shape
+    flat = boxes.reshape(-1, 4).to(dtype)  # [B*K, 4]
+    batch_idx = torch.arange(b, device=boxes.device).repeat_interleave(k)
+    return torch.cat([batch_idx[:, None].to(dtype), flat], dim=1)
+
+
+def c4_box_features(encoder: nn.Module, image: Tensor, boxes: Tensor, roi_size: int) -> Tensor:
+    """SoCo's C4 structure (the official SoCo_C4): RoIAlign on C4, the backbone's own res5
+    (``layer4``) as the box head, averaged over its output.
+
+    image [B, 3, S, S], boxes [B, K, 4] xyxy px -> [B, K, C5 channels]."""
+    c4 = encoder.forward_c4(image)  # [B, C4, S/s, S/s]
+    b, k, _ = boxes.shape
+    pooled = roi_align(c4, box_rois(boxes, c4.dtype), roi_size,
+                       spatial_scale=c4.shape[-1] / image.shape[-1], sampling_ratio=2,
+                       aligned=True)  # [B*K, C4, r, r]  # fmt: skip
+    return encoder.layer4(pooled).mean(dim=(2, 3)).view(b, k, -1)
+
+
 class BoxNeck(nn.Module):
     """SoCo: FPN P2-P5 over C2-C5, RoIAlign on the level chosen by box size, R-CNN head.
 
@@ -65,9 +86,8 @@ class BoxNeck(nn.Module):
         """pyramid c2..c5 of [B, 3, S, S] images, boxes [B, K, 4] xyxy px -> [B, K, hidden]."""
         feats = list(self.fpn(OrderedDict(pyramid)).values())  # P2..P5
         b, k, _ = boxes.shape
-        flat = boxes.reshape(-1, 4).to(feats[0].dtype)  # [B*K, 4]
-        batch_idx = torch.arange(b, device=boxes.device).repeat_interleave(k)
-        rois = torch.cat([batch_idx[:, None].to(flat.dtype), flat], dim=1)  # [B*K, 5]
+        rois = box_rois(boxes, feats[0].dtype)  # [B*K, 5]
+        flat = rois[:, 1:]  # [B*K, 4]
         side = ((flat[:, 2] - flat[:, 0]) * (flat[:, 3] - flat[:, 1])).clamp_min(0).sqrt()
         level = torch.bucketize(side, self.thresholds.to(side.dtype))  # [B*K] in 0..3
         # every box pooled from every level, each kept from its own: picking the boxes of a

@@ -1,4 +1,5 @@
-"""SoCo's box neck (methods/heads.py): RoIAlign on the FPN level each box's size picks."""
+"""SoCo's box heads (methods/heads.py): RoIAlign on the FPN level each box's size picks;
+the C4 structure's RoIAlign on C4 with res5 as the head."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from collections import OrderedDict
 import torch
 from torchvision.ops import roi_align
 
-from detlab.methods.heads import BoxNeck
+from detlab.methods.backbones import Backbone
+from detlab.methods.heads import BoxNeck, c4_box_features
 
 
 def reference_rois(neck: BoxNeck, pyramid, boxes, size: int) -> torch.Tensor:
@@ -47,3 +49,30 @@ def test_box_neck_pools_each_box_from_its_own_level():
     all_p2 = roi_align(p2, torch.cat([idx, boxes.reshape(-1, 4)], 1), 3,
                        spatial_scale=p2.shape[-1] / size, sampling_ratio=2, aligned=True)  # fmt: skip
     assert not torch.allclose(all_p2, rois, atol=1e-3)
+
+
+def test_c4_box_features_run_res5_on_each_boxs_own_image_crop_of_c4():
+    """SoCo_C4: box k of image b is RoIAligned from image b's C4 (not C5, not another image),
+    then the backbone's layer4 runs on it and is averaged; checked box by box."""
+    torch.manual_seed(0)
+    size = 64
+    encoder = Backbone("resnet18", width=0.125, small_stem=True).eval()
+    images = torch.randn(2, 3, size, size)
+    boxes = torch.tensor([[[0, 0, 32, 32], [10, 20, 60, 50]], [[5, 5, 45, 60], [0, 0, 64, 64]]],
+                         dtype=torch.float32)  # fmt: skip
+    with torch.no_grad():
+        c4 = encoder.forward_pyramid(images)["c4"]  # [2, C4, 16, 16]
+        expected = torch.stack([
+            torch.stack([
+                encoder.layer4(roi_align(c4[b : b + 1], [boxes[b, k : k + 1]], 8,
+                                         spatial_scale=c4.shape[-1] / size, sampling_ratio=2,
+                                         aligned=True)).mean(dim=(2, 3))[0]
+                for k in range(2)
+            ])
+            for b in range(2)
+        ])  # fmt: skip
+        got = c4_box_features(encoder, images, boxes, roi_size=8)
+        swapped = c4_box_features(encoder, images.flip(0), boxes, roi_size=8)
+    assert got.shape == (2, 2, encoder.out_channels)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(swapped, got, atol=1e-3)  # each box reads its own image

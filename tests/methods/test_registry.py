@@ -178,3 +178,48 @@ def test_a_method_whose_config_class_is_not_the_named_one_is_refused(monkeypatch
     monkeypatch.setitem(METHOD_CONFIGS, "detcon_b", MethodConfig)
     with pytest.raises(RuntimeError, match="detcon_b: config_class DetConConfig != METHOD_CONFIGS"):
         registry.check_configs()
+
+
+def test_soco_c4_regresses_v1_and_v2_boxes_through_res5_both_ways():
+    """method.structure=c4 (the official SoCo_C4): -2 x the mean cosine of each image's valid
+    boxes, online V1 -> target V2 and online V2 -> target V1, box features from res5 on C4
+    RoIs; V3 is not used. Written out here from the heads and torch's cosine."""
+    import torch.nn.functional as F
+
+    from detlab.methods.heads import c4_box_features
+
+    torch.manual_seed(0)
+    _, soco = tiny("soco", "method.structure=c4", "method.roi_size=4")
+    assert soco.neck is None and soco.target_neck is None
+    batch = batch_for(soco)
+    with torch.no_grad():
+        out = soco(batch)
+
+        def embed(encoder, projector, view):
+            z = c4_box_features(encoder, batch[f"v{view}"], batch[f"boxes{view}"], 4)
+            return projector(z.flatten(0, 1)).view(*z.shape[:2], -1)  # [B, K, D]
+
+        pred = [
+            soco.predictor(embed(soco.encoder, soco.projector, v).flatten(0, 1)) for v in (1, 2)
+        ]
+        target = [
+            embed(soco.target_encoder, soco.target_projector, v).flatten(0, 1) for v in (1, 2)
+        ]
+    keep = batch["box_valid"].flatten()  # [B*K]; one valid box an image here
+    expected = sum(-2 * F.cosine_similarity(p[keep], t[keep]).mean()
+                   for p, t in ((pred[0], target[1]), (pred[1], target[0])))  # fmt: skip
+    assert float(out["loss"]) == pytest.approx(float(expected), rel=1e-5)
+    batch["v3"] = torch.full_like(batch["v3"], float("nan"))  # V3 unread
+    assert torch.isfinite(soco(batch)["loss"])
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["method.structure=c5"], r"method.structure='c5' is not one of \('fpn', 'c4'\)"),
+        (["method.structure=c4", "backbone.name=timm:resnet18"], "backbone.name=timm:resnet18"),
+    ],
+)
+def test_soco_structure_is_checked_when_built(extra, message):
+    with pytest.raises(ValueError, match=message):
+        tiny("soco", *extra)
