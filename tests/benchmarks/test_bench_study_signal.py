@@ -64,7 +64,7 @@ def test_what_it_cannot_train_is_refused_before_training(argv):
         pick(*argv)
 
 
-def test_the_report_counts_seeds_above_their_own_random_init(capsys):
+def test_the_report_counts_seeds_above_their_own_random_init_and_ranks_them(capsys):
     def record(kind, seed, top1):
         return {"kind": kind, "mask": None, "seed": seed, "metrics": {"linear_top1": top1}}
 
@@ -75,6 +75,21 @@ def test_the_report_counts_seeds_above_their_own_random_init(capsys):
     out = capsys.readouterr().out
     # seed 3 has no random init to pair with; seed 2 is below its own
     assert "soco: above its seed's random init on 2 of 3 seeds (gains -0.0100 to +0.1400)" in out
+    # ranked against every random init: 0.78, 0.80 and 0.90 above its best (0.76); p is the
+    # share of the C(7, 3) ways to place 3 random inits among 7 ranks whose U is >= soco's
+    from itertools import combinations
+
+    a, b = [0.78, 0.80, 0.74, 0.90], [0.64, 0.76, 0.75]
+    u = sum(x > y for x in a for y in b)  # 10
+    ranks = sorted(a + b)
+    splits = [set(c) for c in combinations(range(7), 3)]
+    as_high = sum(
+        sum(i > j for i in range(7) if i not in c for j in c) >= u for c in splits
+    )  # fmt: skip
+    p = as_high / len(splits)
+    assert (u, round(p, 4)) == (10, round(4 / 35, 4)) and ranks[0] == 0.64
+    assert (f"soco: 3 of 4 seeds above random init's best of 3 seeds (0.7600); "
+            f"Mann-Whitney exact one-sided p = {p:.2g}") in out  # fmt: skip
 
 
 def test_a_mask_set_not_built_is_named_before_anything_trains(tmp_path, monkeypatch):
@@ -101,3 +116,21 @@ def test_a_folder_without_records_is_named_in_one_line(tmp_path, monkeypatch, ca
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.endswith(f"--metrics {tmp_path}: no study records there "
                         "(<folder>/<study>/<cell>.json; a bench run's are in its metrics/)")  # fmt: skip
+
+
+def test_reference_seeds_train_random_init_alone(tmp_path, monkeypatch):
+    """--reference-seeds: random init on those seeds, no cell; the row's seeds train both."""
+    import detlab.pipelines.study_cells as cells_mod
+    import detlab.pipelines.study_reference as reference_mod
+
+    ran = []
+    monkeypatch.setattr(reference_mod, "run_reference",
+                        lambda params, kind, seed, out: ran.append((kind, seed)) or {})  # fmt: skip
+    monkeypatch.setattr(cells_mod, "run_cell",
+                        lambda params, study, cell, seed, *a: ran.append((cell, seed)) or {})  # fmt: skip
+    p = bench.build_parser()
+    args = p.parse_args(["--method", "simclr", "--seeds", "7", "--reference-seeds", "500", "501"])
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    study, cells = bench.pick_cells(p, args, params)
+    bench.train_records(params, study, cells, args.seeds, tmp_path, args.reference_seeds)
+    assert ran == [("random", 7), ("simclr", 7), ("random", 500), ("random", 501)]
