@@ -57,10 +57,14 @@ def test_unknown_method_is_named():
         build_method(cfg.method, cfg.backbone, cfg.aug)
 
 
-@pytest.mark.parametrize("name", sorted(group_options("method")))
-def test_each_method_trains_its_backbone(name):
+@pytest.mark.parametrize(
+    ("name", "extra"),
+    [(name, ()) for name in sorted(group_options("method"))]
+    + [("soco", ("method.structure=c4", "method.roi_size=4"))],  # SoCo's C4 model
+)
+def test_each_method_trains_its_backbone(name, extra):
     torch.manual_seed(0)
-    _, method = tiny(name)
+    _, method = tiny(name, *extra)
     out = method(batch_for(method))
     assert torch.isfinite(out["loss"]) and out["loss"].ndim == 0
     assert 0 < float(out["rep_std"]) <= 1  # every method reports the collapse monitor
