@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from types import SimpleNamespace
 
 import pytest
@@ -57,8 +58,11 @@ def test_a_failed_requeue_fails_the_job_with_scontrols_words(monkeypatch, tmp_pa
     """A real `scontrol` that refuses (here a script on PATH): the job raises, naming the
     job and what scontrol said, and logs it; it does not wait for a requeue."""
     fake = tmp_path / "scontrol"
-    fake.write_text("#!/bin/sh\necho 'scontrol: error: Invalid job id specified' >&2\nexit 1\n")
-    fake.chmod(0o755)
+    # written by a child process: a file this (threaded) process had open for writing could
+    # be inherited by a fork elsewhere in the suite and make exec fail with ETXTBSY
+    script = "#!/bin/sh\necho 'scontrol: error: Invalid job id specified' >&2\nexit 1\n"
+    subprocess.run(["sh", "-c", 'printf "%s" "$1" > "$2" && chmod 755 "$2"', "sh", script,
+                    str(fake)], check=True)  # fmt: skip
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
     monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
     slept = []
