@@ -98,6 +98,7 @@ DESCRIPTIONS = {  # each study experiment's description in the MLflow UI
 
 
 METHOD_COST = {"soco": 2.5, "detcon_b": 1.2, "byol": 1.2, "mocov2": 1.1}  # x DetCon-S's step
+BASE_STEPS = 600  # a run's steps where its overrides set none; costs are relative to it
 
 
 class StudyFailure(RuntimeError):
@@ -127,8 +128,8 @@ def description(st: dict, study: str) -> str:
 
 
 def cell_steps(params: dict, study: str, mask: str, resolution: int) -> int:
-    """The pretraining steps a cell's overrides set (600 if none)."""
-    return steps_in(cell_overrides(params, study, mask, 0, resolution)) or 600
+    """The pretraining steps a cell's overrides set (BASE_STEPS if none)."""
+    return steps_in(cell_overrides(params, study, mask, 0, resolution)) or BASE_STEPS
 
 
 def plan(params: dict, studies: tuple[str, ...] = DEFAULT_STUDIES) -> list[Cell]:
@@ -145,13 +146,15 @@ def plan(params: dict, studies: tuple[str, ...] = DEFAULT_STUDIES) -> list[Cell]
             for res in resolutions:
                 steps = cell_steps(params, study, mask, int(res))
                 for seed in spec["seeds"]:
-                    cost = 0.2 + (int(res) / 64) ** 2 * per_pixel * steps / 600  # ~ pixels x steps
+                    cost = (
+                        0.2 + (int(res) / 64) ** 2 * per_pixel * steps / BASE_STEPS
+                    )  # ~ pixels x steps
                     cells.append(Cell(study, cell_name(study, mask, seed, res), int(seed), mask,
                                       int(res), cost=cost))  # fmt: skip
     refs = st.get("references", {}) or {}
     for kind in refs.get("kinds", []):
-        steps = steps_in(reference_overrides(params, 0, kind)) or 600  # as cell_steps reads
-        cost = 0.2 + (0.5 * steps / 600 if kind == "supervised" else 0.0)
+        steps = steps_in(reference_overrides(params, 0, kind)) or BASE_STEPS
+        cost = 0.2 + (0.5 * steps / BASE_STEPS if kind == "supervised" else 0.0)
         for seed in refs.get("seeds", []):
             cells.append(Cell(REFERENCES_DIR, f"{kind}-s{seed}", int(seed), kind=kind, cost=cost))
     return sorted(cells, key=lambda c: -c.cost)

@@ -84,9 +84,10 @@ def train_records(params: dict, study: str, cells: list[str], seeds: list[int],
                 run_cell(params, study, cell, seed, None, root / "metrics", root / "out")
             )
         print(f"seed {seed}: {time.time() - t0:.0f} s", flush=True)
-    for seed in reference_seeds:  # random init alone: the reference's spread
-        records.append(run_reference(params, "random", seed, root / "metrics"))
-    if reference_seeds:
+    if reference_seeds:  # random init alone: the reference's spread
+        t0 = time.time()
+        for seed in reference_seeds:
+            records.append(run_reference(params, "random", seed, root / "metrics"))
         print(f"random init on {len(reference_seeds)} more seeds: {time.time() - t0:.0f} s")
     return records
 
