@@ -146,9 +146,8 @@ def plan(params: dict, studies: tuple[str, ...] = DEFAULT_STUDIES) -> list[Cell]
             for res in resolutions:
                 steps = cell_steps(params, study, mask, int(res))
                 for seed in spec["seeds"]:
-                    cost = (
-                        0.2 + (int(res) / 64) ** 2 * per_pixel * steps / BASE_STEPS
-                    )  # ~ pixels x steps
+                    # ~ pixels x steps
+                    cost = 0.2 + (int(res) / 64) ** 2 * per_pixel * steps / BASE_STEPS
                     cells.append(Cell(study, cell_name(study, mask, seed, res), int(seed), mask,
                                       int(res), cost=cost))  # fmt: skip
     refs = st.get("references", {}) or {}
